@@ -1,0 +1,148 @@
+"""Typed configuration: one dataclass per config group, registered in Hydra's ConfigStore.
+
+Stages take these dataclasses (or their own pieces of them), never a DictConfig, so every stage can
+be called from a notebook or a test without Hydra. `validate` turns a bad value into a one-line
+message naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from .data.synthetic import SyntheticWorldConfig
+from .evaluate import EvalConfig
+from .pretrain import PretrainConfig
+from .probe import ESTIMATORS, ProbeConfig
+from .restore import REGIONS, STRATEGIES
+from .train import TrainConfig
+
+PAPER_SIZES = (60, 120, 240, 480, 960, 1920)
+BUCKETS = ("all", "d0", "d1", "d2", "d3", "d4")
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; its message is one line."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_world"
+    source: str = "tiny_world"  # tiny_world: pretrained here on the synthetic world
+    lr: float = 1e-3  # SFT learning rate for this model, unless train.lr is set
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    size: Any = 240  # facts in the SFT subset: a positive int (paper: 60..1920) or "all"
+    seed: int = 0  # draws the SFT subset
+    world: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
+
+
+@dataclass
+class MasteryConfig(ProbeConfig):
+    bucket: str = "all"  # training bucket: all, d0..d4
+
+
+@dataclass
+class KLConfig:
+    level: int = 4  # KL is measured on D_test-<level> (paper: 4)
+    top_k: int = 10  # fine-tuned model's top-k logits, re-normalised (paper: 10)
+    base_prompt: str = "mapping"  # base model reads the best mapping template ("mapping") or the QA prompt ("qa")
+    max_facts: Any = None  # cap on the facts used (None: the whole level)
+    curve_points: int = 5  # KL measured this many times during SFT (the KL curve)
+
+
+@dataclass
+class RestoreConfig:
+    ratios: list[float] = field(default_factory=lambda: [0, 1, 3, 5, 10, 20, 40, 60])
+    strategy: str = "top"  # top | bottom | random
+    region: str = "transformer"  # transformer | attention | mlp | embedding | all
+    layer_block_size: int = 0  # >0: also restore whole blocks of this many layers (paper Table 11)
+    seed: int = 32  # random strategy's seed (ParamRestore's default)
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "sft_knowledge"
+    entity: Any = None
+    group: Any = None  # W&B group; a sweep sets it to the sweep's name
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+    cache_dir: str = "${paths.output_dir}/cache"
+    runs_dir: str = "${paths.output_dir}/runs"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mastery: MasteryConfig = field(default_factory=MasteryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0  # SFT initialisation and data order
+    name: str = "run"  # free label (not part of the run key)
+
+
+# What identifies a run: everything but logging, paths and labels (Dora's "exclude" list).
+NON_SEMANTIC = ("logger", "paths", "name")
+
+
+def digest(obj: Any, n: int = 12) -> str:
+    """Stable short hash of a JSON-able object (dataclasses are turned into dicts)."""
+    if hasattr(obj, "__dataclass_fields__"):
+        obj = asdict(obj)
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def run_key(cfg: Config) -> str:
+    semantic = {k: v for k, v in asdict(cfg).items() if k not in NON_SEMANTIC}
+    return f"{cfg.model.name}-{cfg.mastery.bucket}-{cfg.data.size}-{digest(semantic)}"
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    size = cfg.data.size
+    _check(size == "all" or (isinstance(size, int) and not isinstance(size, bool) and size > 0),
+           "data.size", size, f"a positive integer (paper: {', '.join(map(str, PAPER_SIZES))}) or 'all'")
+    _check(cfg.mastery.bucket in BUCKETS, "mastery.bucket", cfg.mastery.bucket, ", ".join(BUCKETS))
+    _check(cfg.mastery.estimator in ESTIMATORS, "mastery.estimator", cfg.mastery.estimator, ", ".join(ESTIMATORS))
+    for key in ("n_map", "n_sample", "max_new_tokens", "batch_size"):
+        _check(getattr(cfg.mastery, key) > 0, f"mastery.{key}", getattr(cfg.mastery, key), "a positive integer")
+    _check(cfg.mastery.temperature > 0, "mastery.temperature", cfg.mastery.temperature, "a number > 0")
+    _check(cfg.train.method == "full", "train.method", cfg.train.method, "full")
+    _check(cfg.train.epochs > 0, "train.epochs", cfg.train.epochs, "a number > 0")
+    _check(cfg.train.batch_size > 0, "train.batch_size", cfg.train.batch_size, "a positive integer")
+    for r in cfg.restore.ratios:
+        _check(0 <= r <= 100, "restore.ratios", r, "percentages in [0, 100]")
+    _check(cfg.restore.strategy in STRATEGIES, "restore.strategy", cfg.restore.strategy, ", ".join(STRATEGIES))
+    _check(cfg.restore.region in REGIONS, "restore.region", cfg.restore.region, ", ".join(REGIONS))
+    _check(cfg.restore.layer_block_size >= 0, "restore.layer_block_size", cfg.restore.layer_block_size, "an integer >= 0")
+    _check(cfg.kl.level in range(5), "kl.level", cfg.kl.level, "0..4")
+    _check(cfg.kl.base_prompt in ("mapping", "qa"), "kl.base_prompt", cfg.kl.base_prompt, "mapping, qa")
+    _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))
+    _check(cfg.model.source == "tiny_world", "model.source", cfg.model.source, "tiny_world")
+
+
+def register() -> None:
+    """The schema behind conf/config.yaml: YAML groups fill it in; unknown keys are rejected."""
+    ConfigStore.instance().store(name="config_schema", node=Config)

@@ -1,0 +1,1 @@
+"""Facts, the knowledge worlds they come from, and how training subsets are drawn."""

@@ -1,0 +1,134 @@
+"""What the model reads and how it writes: the paper's prompt format and batched decoding.
+
+Every stage that runs a model goes through here, so probe, SFT, evaluation and KL agree on
+tokenisation: a prompt is `[bos] + encode(prompt)`, a target is `encode(" " + answer) + [eos]`.
+Decoding is batched wide over length-sorted prompts, with the KV cache, and stops as soon as every
+sequence of a batch has produced EOS.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+QA_MARKERS = ("<|question|>", "<|answer|>")
+
+
+def qa_prompt(question: str) -> str:
+    """Paper App. A: `{bos}<|question|> {q} <|answer|>`; the answer follows as ` {a} {eos}`."""
+    return f"{QA_MARKERS[0]} {question.strip()} {QA_MARKERS[1]}"
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+
+def encode_targets(tokenizer, answers: list[str], eos: bool = True) -> list[list[int]]:
+    tail = [tokenizer.eos_token_id] if eos else []
+    return [ids + tail for ids in tokenizer([f" {a.strip()}" for a in answers], add_special_tokens=False)["input_ids"]]
+
+
+def _batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices sorted by length, cut into batches, so that padding stays small."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s) :] = torch.tensor(s)
+        mask[row, width - len(s) :] = 1
+    return ids, mask
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+    desc: str | None = None,
+) -> list[str]:
+    """Continue each prompt; greedy when temperature == 0, else sampling (top-p = top-k = off)."""
+    model.eval()
+    device = _device(model)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = encode_prompts(tokenizer, prompts)
+    outputs: list[str] = [""] * len(prompts)
+    batches = list(_batches([len(e) for e in encoded], batch_size))
+    for idx in tqdm(batches, desc=desc, disable=desc is None, mininterval=5):
+        ids, mask = _left_pad([encoded[i] for i in idx], pad)
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        done = torch.zeros(len(idx), dtype=torch.bool, device=device)
+        new_tokens = []
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1, :].float()
+            if temperature > 0:
+                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen).squeeze(1)
+            else:
+                nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            new_tokens.append(nxt)
+            done |= nxt == tokenizer.eos_token_id
+            if done.all():
+                break
+            mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+            pos = pos[:, -1:] + 1
+            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values, use_cache=True)
+        texts = tokenizer.batch_decode(torch.stack(new_tokens, 1).cpu(), skip_special_tokens=True)
+        for i, text in zip(idx, texts):
+            outputs[i] = text
+    return outputs
+
+
+@torch.no_grad()
+def next_token_logits(model, tokenizer, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Logits of the first token after each prompt, [n, vocab] float32 on the CPU."""
+    model.eval()
+    device = _device(model)
+    encoded = encode_prompts(tokenizer, prompts)
+    result = torch.empty((len(prompts), model.config.vocab_size))
+    for idx in _batches([len(e) for e in encoded], batch_size):
+        ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id or 0)
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+        result[idx] = logits.float().cpu()
+    return result
+
+
+@torch.no_grad()
+def answer_logprob(
+    model, tokenizer, prompts: list[str], answers: list[str], temperature: float = 1.0, batch_size: int = 256
+) -> torch.Tensor:
+    """log P(` answer` | prompt) under softmax(logits / temperature), by teacher forcing: [n] float32."""
+    model.eval()
+    device = _device(model)
+    seqs = [p + a for p, a in zip(encode_prompts(tokenizer, prompts), encode_targets(tokenizer, answers, eos=False))]
+    n_answer = [len(a) for a in encode_targets(tokenizer, answers, eos=False)]
+    result = torch.empty(len(prompts))
+    for idx in _batches([len(s) for s in seqs], batch_size):
+        ids, mask = _left_pad([seqs[i] for i in idx], tokenizer.pad_token_id or 0)
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float() / temperature, -1)
+        token_logp = logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # log p of each next token
+        for row, i in enumerate(idx):
+            result[i] = token_logp[row, -n_answer[i] :].sum().cpu()
+    return result

@@ -1,0 +1,63 @@
+"""Stage 3: closed-book QA accuracy per mastery level (paper §3.3).
+
+Greedy decoding, up to 16 new tokens, the SFT prompt; correct when the answer or a synonym is a
+substring of the output. Acc_test is the unweighted mean of the per-level accuracies (the paper's
+macro average); a level with no facts is reported as missing and left out of the mean, and the
+result says which levels the mean was taken over.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .data.facts import Fact, KnowledgeBase, is_correct
+from .decoding import generate, qa_prompt
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 16
+    batch_size: int = 256
+    max_per_level: int | None = None  # evaluate on at most this many facts per level (None: all)
+    seed: int = 0  # draws those subsets
+
+
+@dataclass
+class LevelAccuracy:
+    acc_level: list[float | None]  # percent per level D-0..D-4; None where the level is empty
+    n_level: list[int]
+    acc: float | None  # macro mean over the levels that have facts
+    over_levels: list[int]
+
+    @classmethod
+    def from_hits(cls, hits_by_level: list[list[bool]]) -> LevelAccuracy:
+        acc_level = [100.0 * sum(h) / len(h) if h else None for h in hits_by_level]
+        over = [lv for lv, a in enumerate(acc_level) if a is not None]
+        macro = sum(acc_level[lv] for lv in over) / len(over) if over else None
+        return cls(acc_level, [len(h) for h in hits_by_level], macro, over)
+
+
+def level_subsets(facts: list[Fact], levels: list[int], cap: int | None, seed: int) -> list[list[Fact]]:
+    """Facts of each level D-0..D-4, at most `cap` of each, drawn reproducibly."""
+    by_level: list[list[Fact]] = [[] for _ in range(5)]
+    for fact, lv in zip(facts, levels):
+        by_level[lv].append(fact)
+    if cap is not None:
+        by_level = [random.Random(seed + lv).sample(fs, min(cap, len(fs))) for lv, fs in enumerate(by_level)]
+    return by_level
+
+
+def answer_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: EvalConfig) -> list[bool]:
+    texts = generate(model, tokenizer, [qa_prompt(f.question) for f in facts], cfg.max_new_tokens, 0.0, cfg.batch_size)
+    return [is_correct(t, kb.answers(f)) for t, f in zip(texts, facts)]
+
+
+def accuracy(model, tokenizer, kb: KnowledgeBase, by_level: list[list[Fact]], cfg: EvalConfig) -> LevelAccuracy:
+    """One batched decoding pass over all levels, then per-level accuracy."""
+    flat = [f for fs in by_level for f in fs]
+    hits = answer_hits(model, tokenizer, kb, flat, cfg)
+    grouped, start = [], 0
+    for fs in by_level:
+        grouped.append(hits[start : start + len(fs)])
+        start += len(fs)
+    return LevelAccuracy.from_hits(grouped)

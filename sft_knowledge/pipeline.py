@@ -1,0 +1,220 @@
+"""The experiment of Ye et al. (EMNLP 2025), top to bottom, for one configuration.
+
+    world/data -> base model -> mastery probe (levels D-0..D-4) -> SFT subset -> fine-tune
+    -> accuracy per level -> token-level KL -> parameter restoration -> results
+
+Heavy products (world, base model, probe levels, fine-tuned weights with their training curves) go
+through the content-addressed cache, so cells of a sweep share them and nothing is computed twice.
+Evaluation, KL and restoration are cheap next to them and are recomputed from the cached weights.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import Cache
+from .config import Config
+from .data.facts import SPLITS, Fact, KnowledgeBase
+from .data.sampling import DataError, balanced_subset, bucket_facts
+from .data.synthetic import SyntheticWorld, build_world
+from .decoding import next_token_logits, qa_prompt
+from .evaluate import LevelAccuracy, accuracy, answer_hits, level_subsets
+from .kl import kl_stats, topk_renormalised_kl
+from .models import build_tiny_world, load, tiny_world_spec
+from .probe import ProbeConfig, ProbeResult, probe
+from .restore import restore_into, restore_layers, select_thresholds
+from .train import sft
+
+UPDATE_SHARE_RATIOS = (1, 3, 5, 10, 20, 40, 60)  # paper Table 3
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.time()
+        yield
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.time() - start, 2)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def probe_config(cfg: Config) -> ProbeConfig:
+    return ProbeConfig(**{f.name: getattr(cfg.mastery, f.name) for f in fields(ProbeConfig)})
+
+
+def load_world(cfg: Config) -> SyntheticWorld:
+    """The synthetic world is regenerated from its seed (well under a second), so it needs no cache entry."""
+    return build_world(cfg.data.world)
+
+
+def load_mastery(cache: Cache, base_spec: dict, model, tokenizer, kb: KnowledgeBase, pcfg: ProbeConfig) -> tuple[ProbeResult, bool]:
+    def build(tmp: Path) -> None:
+        (tmp / "probe.json").write_text(json.dumps(asdict(probe(model, tokenizer, kb, pcfg))))
+
+    path, hit = cache.get_or_build("probe", {"base": base_spec, "probe": asdict(pcfg)}, build)
+    return ProbeResult(**json.loads((path / "probe.json").read_text())), hit
+
+
+def kl_prompts(kb: KnowledgeBase, facts: list[Fact], levels: ProbeResult, base_prompt: str) -> tuple[list[str], list[str]]:
+    """(fine-tuned prompts, base prompts). The fine-tuned model is asked the question; the base model
+    completes its best mapping template per relation (paper §4.1), or the question with `qa`."""
+    ft = [qa_prompt(f.question) for f in facts]
+    if base_prompt == "qa":
+        return ft, ft
+    rels = kb.relations
+    return ft, [rels[f.relation].mapping_templates[levels.best_template(f.relation)].format(subject=f.subject) for f in facts]
+
+
+def token_kl(model, tokenizer, ft_prompts: list[str], base_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    if not ft_prompts:
+        return torch.empty(0)
+    return topk_renormalised_kl(next_token_logits(model, tokenizer, ft_prompts), base_logits, top_k)
+
+
+def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
+    """Run every stage for `cfg`; return the results record (accuracies in percent)."""
+    timer = Timer()
+    log = tracker.log if tracker is not None else (lambda *a, **k: None)
+    hits: dict[str, bool] = {}
+
+    with timer("world"):
+        world = load_world(cfg)
+        kb = world.kb
+    with timer("base_model"):
+        base_dir, hits["base_model"] = build_tiny_world(cache, world, cfg.model.pretrain, cfg.data.world)
+        model, tokenizer = load(base_dir)
+        base_spec = tiny_world_spec(cfg.model.pretrain, cfg.data.world)
+    with timer("probe"):
+        pcfg = probe_config(cfg)
+        levels, hits["probe"] = load_mastery(cache, base_spec, model, tokenizer, kb, pcfg)
+    level_counts = {split: levels.counts(split) for split in SPLITS}
+
+    # What the fine-tuned model is trained and judged on.
+    bucket = bucket_facts(kb.splits["train"], levels.level["train"], cfg.mastery.bucket)
+    try:
+        train_facts = balanced_subset(bucket, cfg.data.size, cfg.data.seed)
+    except DataError as err:
+        counts = ", ".join(f"D-{lv} {n}" for lv, n in enumerate(level_counts["train"]))
+        raise DataError(f"{err} (mastery={cfg.mastery.bucket}; train levels: {counts})") from None
+    eval_sets = {
+        split: level_subsets(kb.splits[split], levels.level[split], cfg.eval.max_per_level, cfg.eval.seed)
+        for split in ("test", "testood")
+    }
+    kl_facts = level_subsets(kb.splits["test"], levels.level["test"], cfg.kl.max_facts, cfg.eval.seed)[cfg.kl.level]
+    ft_prompts, base_prompts = kl_prompts(kb, kl_facts, levels, cfg.kl.base_prompt)
+    with timer("kl"):
+        base_logits = next_token_logits(model, tokenizer, base_prompts) if kl_facts else torch.empty(0)
+    base_state = _state(model)
+
+    lr = cfg.train.lr if cfg.train.lr is not None else cfg.model.lr
+    sft_spec = {
+        "probe": {"base": base_spec, "probe": asdict(pcfg)},
+        "bucket": cfg.mastery.bucket, "size": cfg.data.size, "data_seed": cfg.data.seed,
+        "train": asdict(cfg.train), "lr": lr, "seed": cfg.seed, "kl": asdict(cfg.kl), "eval_seed": cfg.eval.seed,
+    }
+
+    def fine_tune(tmp: Path) -> None:
+        kl_curve = []
+
+        def on_step(step: int, steps: int, loss: float, step_lr: float) -> None:
+            if kl_facts and step in curve_steps(steps, cfg.kl.curve_points):
+                kl_curve.append({"step": step, "kl_mean": token_kl(model, tokenizer, ft_prompts, base_logits, cfg.kl.top_k).mean().item()})
+                model.train()
+
+        train_log = sft(model, tokenizer, train_facts, cfg.train, lr, cfg.seed, on_step)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "train_log.json").write_text(json.dumps({**asdict(train_log), "kl_curve": kl_curve}))
+
+    with timer("sft"):
+        ft_dir, hits["sft"] = cache.get_or_build("sft", sft_spec, fine_tune)
+        model, tokenizer = load(ft_dir)
+        ft_state = _state(model)
+        train_log = json.loads((ft_dir / "train_log.json").read_text())
+    for step, (loss, step_lr) in enumerate(zip(train_log["loss"], train_log["lr"]), start=1):
+        log({"train/loss": loss, "train/lr": step_lr}, step=step)
+    for point in train_log["kl_curve"]:
+        log({"kl/curve_mean": point["kl_mean"]}, step=point["step"])
+
+    def evaluate_all() -> dict[str, LevelAccuracy]:
+        return {split: accuracy(model, tokenizer, kb, eval_sets[split], cfg.eval) for split in ("test", "testood")}
+
+    with timer("evaluate"):
+        acc = evaluate_all()
+        train_hits = answer_hits(model, tokenizer, kb, train_facts, cfg.eval)
+        acc_train = round(100 * sum(train_hits) / len(train_hits), 2)
+    with timer("kl"):
+        kl_values = token_kl(model, tokenizer, ft_prompts, base_logits, cfg.kl.top_k)
+        kl = kl_stats(kl_values)
+
+    restore_records, block_records = [], []
+    with timer("restore"):
+        region, strategy, seed = cfg.restore.region, cfg.restore.strategy, cfg.restore.seed
+        selections = select_thresholds(base_state, ft_state, sorted(set(cfg.restore.ratios)), region, strategy, seed)
+        top = selections if strategy == "top" else select_thresholds(base_state, ft_state, list(UPDATE_SHARE_RATIOS), region, "top", seed)
+        update_share = {str(r): round(100 * top[r].change_share, 2) for r in UPDATE_SHARE_RATIOS if r in top}
+        for ratio in tqdm(sorted(selections), desc="restoration", disable=len(selections) < 3):
+            sel = selections[ratio]
+            if sel.k == 0:
+                restored = acc
+            else:
+                restore_into(model, base_state, ft_state, sel, region, strategy, seed)
+                restored = evaluate_all()
+            restore_records.append({
+                "ratio": ratio, "strategy": strategy, "region": region, "n_restored": sel.k, "n_region": sel.n_total,
+                "change_share": round(100 * sel.change_share, 2), "per_tensor": sel.per_tensor,
+                **_acc_fields(restored),
+            })
+            log({f"restore/{k}": v for k, v in _acc_fields(restored).items() if k in ("acc_test", "acc_testood")} | {"restore/ratio": ratio})
+        n_layers = model.config.num_hidden_layers
+        size = cfg.restore.layer_block_size
+        for first in range(0, n_layers, size) if size > 0 else []:
+            layers = set(range(first, min(first + size, n_layers)))
+            n = restore_layers(model, base_state, ft_state, layers, region)
+            block_records.append({"layers": [first, max(layers)], "n_restored": n, **_acc_fields(evaluate_all())})
+
+    results = {
+        "level_counts": level_counts,
+        "n_train_facts": len(train_facts),
+        **_acc_fields(acc),
+        "acc_train": acc_train,
+        "kl_test4": kl.mean if kl is not None and cfg.kl.level == 4 else None,
+        "kl_level": cfg.kl.level,
+        "kl": asdict(kl) if kl is not None else {"missing": f"D_test-{cfg.kl.level} holds no facts"},
+        "kl_curve": train_log["kl_curve"],
+        "restore": restore_records,
+        "restore_blocks": block_records,
+        "update_share": update_share,
+        "train_loss": train_log["loss"],
+        "cache_hits": hits,
+        "timings": timer.seconds,
+    }
+    return results
+
+
+def curve_steps(total: int, points: int) -> set[int]:
+    """Optimizer steps after which the KL curve is measured: `points` evenly spaced, the last one included."""
+    return {max(1, round(i * total / points)) for i in range(1, points + 1)} if points > 0 else set()
+
+
+def _acc_fields(acc: dict[str, LevelAccuracy]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in ("test", "testood"):
+        a = acc[split]
+        out[f"acc_{split}"] = None if a.acc is None else round(a.acc, 2)
+        out[f"acc_{split}_level"] = [None if x is None else round(x, 2) for x in a.acc_level]
+        out[f"n_{split}_level"] = a.n_level
+        out[f"acc_{split}_over_levels"] = a.over_levels
+    return out

@@ -1,0 +1,123 @@
+"""Pretrain the embedded `tiny_world` model: a BPE tokenizer and a small Llama, from scratch, on the CPU.
+
+This stage stands in for the pretraining a real base model had. Its output is a standard Hugging
+Face directory (config, safetensors, tokenizer) that `models.load_base` loads like any other model.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .decoding import QA_MARKERS
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+
+
+@dataclass
+class PretrainConfig:
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    seq_len: int = 64  # documents are packed into rows of this many tokens
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    epochs: float = 1.0
+    seed: int = 0
+
+
+def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(docs, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left")
+    # The SFT prompt markers are plain (non-special) tokens the corpus never shows, as in a real model.
+    fast.add_tokens(list(QA_MARKERS))
+    return fast
+
+
+def _pack(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    encs = tokenizer.backend_tokenizer.encode_batch_fast(docs, add_special_tokens=False)
+    ids = list(itertools.chain.from_iterable([bos, *e.ids, eos] for e in encs))
+    n_rows = len(ids) // seq_len
+    return torch.tensor(ids[: n_rows * seq_len]).view(n_rows, seq_len)
+
+
+def pretrain(docs: list[str], cfg: PretrainConfig, out_dir: Path) -> dict:
+    """Train tokenizer and model on `docs`; save both to `out_dir`; return training stats."""
+    torch.manual_seed(cfg.seed)
+    start = time.time()
+    tokenizer = train_tokenizer(docs, cfg.vocab_size)
+    rows = _pack(tokenizer, docs, cfg.seq_len)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_heads,
+            max_position_embeddings=max(256, cfg.seq_len),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+        )
+    )
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+    steps = max(1, int(cfg.epochs * len(rows) / cfg.batch_size))
+    lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    order = random.Random(cfg.seed)
+    perm: list[int] = []
+    model.train()
+    losses = []
+    for step in tqdm(range(steps), desc="pretrain tiny_world", mininterval=5):
+        if len(perm) < cfg.batch_size:  # reshuffle the packed rows each epoch
+            fresh = list(range(len(rows)))
+            order.shuffle(fresh)
+            perm += fresh
+        batch = rows[perm[: cfg.batch_size]]
+        del perm[: cfg.batch_size]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    n_tokens = steps * cfg.batch_size * cfg.seq_len
+    seconds = time.time() - start
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "tokens": n_tokens,
+        "corpus_tokens": rows.numel(),
+        "steps": steps,
+        "seconds": seconds,
+        "tokens_per_s": n_tokens / seconds,
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+    }

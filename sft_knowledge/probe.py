@@ -1,0 +1,92 @@
+"""Stage 1: the mastery probe. How well does the base model know each fact? (paper §3.1, App. F.1)
+
+For a fact, the base model continues each of `n_map` mapping-template prefixes `n_sample` times at
+temperature 0.7; R = the fraction of continuations that contain the answer. R sorts facts into
+D-0: R = 0, D-1: (0, .25], D-2: (.25, .5], D-3: (.5, .75], D-4: (.75, 1].
+
+`estimator="likelihood"` replaces sampling by its expectation: R = the mean over templates of the
+probability of producing the answer at that temperature (teacher forcing, one forward pass per
+template). It has no exact zeros, so a fact counts as D-0 below half a hit of the sampling budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .data.facts import SPLITS, Fact, KnowledgeBase, is_correct
+from .decoding import answer_logprob, generate
+
+LEVEL_UPPER = (0.0, 0.25, 0.5, 0.75, 1.0)  # upper bound of R for D-0..D-4 (D-0 is exactly 0)
+ESTIMATORS = ("sampling", "likelihood")
+
+
+@dataclass
+class ProbeConfig:
+    n_map: int = 21  # mapping templates per relation (paper: 21)
+    n_sample: int = 10  # samples per template (paper: 10)
+    temperature: float = 0.7
+    max_new_tokens: int = 32
+    estimator: str = "sampling"
+    batch_size: int = 512
+    seed: int = 0
+
+
+@dataclass
+class ProbeResult:
+    rate: dict[str, list[float]]  # split -> R per fact
+    level: dict[str, list[int]]  # split -> D-level per fact
+    template_rate: dict[str, list[float]] = field(default_factory=dict)  # relation -> mean R per template
+
+    def counts(self, split: str) -> list[int]:
+        return [self.level[split].count(lv) for lv in range(5)]
+
+    def best_template(self, relation: str) -> int:
+        """Paper §4.1: per topic, the mapping template with the highest success rate."""
+        rates = self.template_rate[relation]
+        return max(range(len(rates)), key=rates.__getitem__)
+
+
+def level_of(rate: float, zero_below: float = 0.0) -> int:
+    if rate <= zero_below:
+        return 0
+    return next(lv for lv in range(1, 5) if rate <= LEVEL_UPPER[lv])
+
+
+def _prompts(kb: KnowledgeBase, facts: list[Fact], n_map: int) -> list[str]:
+    return [p for f in facts for p in kb.relations[f.relation].mapping_prompts(f.subject, n_map)]
+
+
+def _template_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: ProbeConfig, desc: str) -> torch.Tensor:
+    """[n_facts, n_map] expected hit rate of each fact under each template."""
+    prompts = _prompts(kb, facts, cfg.n_map)
+    if cfg.estimator == "likelihood":
+        answers = [f.object for f in facts for _ in range(cfg.n_map)]
+        logp = answer_logprob(model, tokenizer, prompts, answers, cfg.temperature, cfg.batch_size)
+        return logp.exp().view(len(facts), cfg.n_map)
+    repeated = [p for p in prompts for _ in range(cfg.n_sample)]
+    texts = generate(model, tokenizer, repeated, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed, desc)
+    answers = [kb.answers(f) for f in facts for _ in range(cfg.n_map * cfg.n_sample)]
+    hits = torch.tensor([is_correct(t, a) for t, a in zip(texts, answers)], dtype=torch.float32)
+    return hits.view(len(facts), cfg.n_map, cfg.n_sample).mean(-1)
+
+
+def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
+    if cfg.estimator not in ESTIMATORS:
+        raise ValueError(f"mastery.estimator={cfg.estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+    zero_below = 0.5 / (cfg.n_map * cfg.n_sample) if cfg.estimator == "likelihood" else 0.0
+    result = ProbeResult({}, {})
+    per_relation: dict[str, list[torch.Tensor]] = {}
+    for split in SPLITS:
+        facts = kb.splits[split]
+        if not facts:
+            result.rate[split], result.level[split] = [], []
+            continue
+        hits = _template_hits(model, tokenizer, kb, facts, cfg, desc=f"probe {split} ({len(facts)} facts)")
+        rate = hits.mean(-1).tolist()
+        result.rate[split] = rate
+        result.level[split] = [level_of(r, zero_below) for r in rate]
+        for f, row in zip(facts, hits):
+            per_relation.setdefault(f.relation, []).append(row)
+    result.template_rate = {rel: torch.stack(rows).mean(0).tolist() for rel, rows in per_relation.items()}
+    return result

@@ -1,0 +1,227 @@
+import math
+import zlib
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sft_knowledge.restore import (
+    REGIONS,
+    STRATEGIES,
+    in_region,
+    relative_change,
+    restore_into,
+    restore_layers,
+    restored_state,
+    select_thresholds,
+)
+
+RATIOS = [0, 1, 3, 5, 10, 20, 40, 60, 100]
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, vocab_size=50
+    )
+    return LlamaForCausalLM(config)
+
+
+def base_and_ft(dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    base = {n: p.detach().clone().to(dtype) for n, p in tiny_llama().named_parameters()}
+    # Scale the noise per tensor so changes span several orders of magnitude, as after real SFT.
+    ft = {n: (b.float() + 10.0 ** -(i % 4) * torch.randn(b.shape, generator=g)).to(dtype) for i, (n, b) in enumerate(base.items())}
+    return base, ft
+
+
+def reference_scores(base, ft, region, strategy, seed) -> tuple[list[str], torch.Tensor]:
+    """The flattened concatenation of the region's scores: exactly what the streaming selection avoids building."""
+    names = [n for n in base if in_region(n, region)]
+    parts = []
+    for n in names:
+        r = relative_change(ft[n], base[n]).flatten()
+        if strategy == "random":
+            r = torch.rand(r.numel(), generator=torch.Generator().manual_seed(seed + zlib.crc32(n.encode())))
+        parts.append(-r if strategy == "bottom" else r)
+    return names, torch.cat(parts)
+
+
+def reference_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Everything above the k-th largest score, then the first scalars equal to it, in flat order."""
+    if k == 0:
+        return torch.zeros_like(flat, dtype=torch.bool)
+    threshold = flat.sort(descending=True).values[k - 1]
+    greater, eq = flat > threshold, flat == threshold
+    return greater | (eq & (eq.cumsum(0) <= k - int(greater.sum())))
+
+
+def check_selection(base, ft, selections, region, strategy, seed=0):
+    names, flat = reference_scores(base, ft, region, strategy, seed)
+    sizes = [base[n].numel() for n in names]
+    for ratio, sel in selections.items():
+        k = round(ratio / 100 * flat.numel())
+        assert (sel.k, sel.n_total) == (k, flat.numel())
+        ref = reference_mask(flat, k)
+        # The tie rule picks a set with the same scores as torch.topk, and the same set when the k-th score is unique.
+        topk = flat.topk(k)
+        assert torch.equal(flat[ref].sort().values, topk.values.sort().values)
+        if k and int((flat == topk.values[-1]).sum()) == 1:
+            assert torch.equal(ref, torch.zeros_like(ref).index_fill_(0, topk.indices, True))
+        assert math.isnan(sel.threshold) if k == 0 else sel.threshold == topk.values[-1].item()
+        assert sum(sel.per_tensor.values()) == k
+        assert sel.per_tensor == {n: int(m.sum()) for n, m in zip(names, ref.split(sizes))}
+        # Restoring must select the same scalars: visible wherever base and ft differ.
+        restored = dict(restored_state(base, ft, sel, region, strategy, seed))
+        assert restored.keys() == ft.keys()
+        for n, m in zip(names, ref.split(sizes)):
+            m = m.view(ft[n].shape)
+            assert restored[n].dtype == ft[n].dtype
+            assert torch.equal(restored[n][m], base[n][m]) and torch.equal(restored[n][~m], ft[n][~m])
+            differs = base[n] != ft[n]
+            assert torch.equal((restored[n] != ft[n]), m & differs)
+        for n in ft.keys() - set(names):
+            assert restored[n] is ft[n]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_selection_matches_global_topk(strategy):
+    base, ft = base_and_ft()
+    for region in REGIONS:
+        selections = select_thresholds(base, ft, RATIOS, region=region, strategy=strategy, seed=7)
+        check_selection(base, ft, selections, region, strategy, seed=7)
+        assert all(s.passes == 4 for s in selections.values())  # 3 radix passes of 12 bits + 1 tie/share pass
+
+
+def test_heavy_ties_and_zero_changes():
+    g = torch.Generator().manual_seed(2)
+    sign = torch.randint(0, 2, (30, 10), generator=g) * 2 - 1.0
+    base = {
+        "model.layers.0.self_attn.q_proj.weight": torch.full((20, 20), 2.0),
+        "model.layers.0.mlp.up_proj.weight": 4.0 * sign,
+        "model.layers.1.mlp.down_proj.weight": torch.randn(10, 30, generator=g),
+    }
+    base["model.layers.1.mlp.down_proj.weight"].view(-1)[:10] = 0.0  # |base| = 0: relative changes of ~1e6
+    ft = {n: b.clone() for n, b in base.items()}  # unchanged scalars: relative change exactly 0
+    ft["model.layers.0.self_attn.q_proj.weight"].view(-1)[:200] = 3.0  # relative change exactly 0.5
+    ft["model.layers.0.mlp.up_proj.weight"].view(-1)[::2] *= 1.5  # also exactly 0.5
+    ft["model.layers.1.mlp.down_proj.weight"].view(-1)[:100] += 0.1 * torch.randn(100, generator=g)
+    ratios = [0, 10, 25, 40, 50, 60, 75, 90, 100]
+    for strategy in ("top", "bottom"):
+        selections = select_thresholds(base, ft, ratios, strategy=strategy)
+        check_selection(base, ft, selections, "transformer", strategy)
+        _, flat = reference_scores(base, ft, "transformer", strategy, 0)
+        for sel in selections.values():
+            if sel.k:
+                assert sum(sel.ties_taken.values()) == sel.k - int((flat > sel.threshold).sum())
+    assert select_thresholds(base, ft, [50])[50].threshold == 0.0  # half of the 1000 scalars are unchanged
+
+
+def test_bf16_weights():
+    base, ft = base_and_ft(torch.bfloat16)
+    assert (base["model.norm.weight"] == ft["model.norm.weight"]).any()  # bf16 rounding leaves some scalars unchanged
+    for strategy in STRATEGIES:
+        check_selection(base, ft, select_thresholds(base, ft, RATIOS, region="all", strategy=strategy), "all", strategy)
+
+
+@pytest.mark.parametrize("bins,passes", [(16, 9), (256, 5), (65536, 3)])
+def test_bins_change_passes_not_result(bins, passes):
+    base, ft = base_and_ft()
+    default = select_thresholds(base, ft, RATIOS)
+    other = select_thresholds(base, ft, RATIOS, bins=bins)
+    assert all(s.passes == passes for s in other.values())
+    assert all((o.threshold, o.per_tensor) == (d.threshold, d.per_tensor) or o.k == 0 for o, d in zip(other.values(), default.values()))
+
+
+def test_each_tensor_is_read_once_per_pass():
+    class CountingDict(dict):
+        reads = 0
+
+        def __getitem__(self, name):
+            CountingDict.reads += 1
+            return super().__getitem__(name)
+
+    base, ft = base_and_ft()
+    n_region = sum(in_region(n, "transformer") for n in ft)
+    sel = select_thresholds(base, CountingDict(ft), RATIOS)[10]
+    assert sel.passes <= 6 and CountingDict.reads == n_region * (sel.passes + 1)  # + 1: the shape check
+
+
+def test_ratio_zero_and_hundred():
+    base, ft = base_and_ft()
+    sel = select_thresholds(base, ft, [0, 100])
+    assert sel[0].k == 0 and math.isnan(sel[0].threshold) and sum(sel[0].per_tensor.values()) == 0
+    assert sel[100].k == sel[100].n_total == sum(sel[100].per_tensor.values())
+    assert sel[100].change_share == pytest.approx(1.0)
+    restored = dict(restored_state(base, ft, sel[100], "transformer", "top", 0))
+    assert all(torch.equal(restored[n], base[n] if in_region(n, "transformer") else ft[n]) for n in ft)
+
+
+def test_change_share():
+    base, ft = base_and_ft()
+    sel = select_thresholds(base, ft, [10, 40])
+    _, flat = reference_scores(base, ft, "transformer", "top", 0)
+    for ratio in (10, 40):
+        top = flat.double().topk(sel[ratio].k).values
+        assert sel[ratio].change_share == pytest.approx((top.sum() / flat.double().sum()).item(), rel=1e-6)
+    bottom = select_thresholds(base, ft, [10], strategy="bottom")[10]
+    assert bottom.change_share == pytest.approx((-flat.double()).topk(bottom.k).values.neg().sum().item() / flat.double().sum().item(), rel=1e-6)
+    assert bottom.change_share < sel[10].change_share
+
+
+def test_random_is_deterministic_per_seed():
+    base, ft = base_and_ft()
+    a, b = (select_thresholds(base, ft, [20], strategy="random", seed=3)[20] for _ in range(2))
+    c = select_thresholds(base, ft, [20], strategy="random", seed=4)[20]
+    assert a.per_tensor == b.per_tensor and a.threshold == b.threshold and a.threshold != c.threshold
+
+
+def test_restore_into_model_and_ratio_sweep():
+    base, ft = base_and_ft()
+    sel = select_thresholds(base, ft, [10, 40])
+    expected = dict(restored_state(base, ft, sel[10], "transformer", "top", 0))
+    model = tiny_llama()
+    restore_into(model, base, ft, sel[40], "transformer", "top", 0)
+    restore_into(model, base, ft, sel[10], "transformer", "top", 0)  # must start from ft, not from the 40% state
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), expected[n])
+    restored = sum(int((p.detach() == base[n]).sum()) for n, p in model.named_parameters())
+    assert restored == sel[10].k  # every other scalar is ft, which differs from base everywhere here
+
+
+def test_restore_layers():
+    base, ft = base_and_ft()
+    model = tiny_llama()
+    count = restore_layers(model, base, ft, {1})
+    block = [n for n in base if "layers.1." in n and "norm" not in n]
+    assert len(block) == 7 and count == sum(base[n].numel() for n in block)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), base[n] if n in block else ft[n])
+
+
+def test_region_names_on_llama():
+    names = [n for n, _ in tiny_llama().named_parameters()]
+    projections = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
+    )}
+    assert {n for n in names if in_region(n, "transformer")} == projections
+    assert {n for n in names if in_region(n, "attention")} == {n for n in projections if "self_attn" in n}
+    assert {n for n in names if in_region(n, "mlp")} == {n for n in projections if ".mlp." in n}
+    assert {n for n in names if in_region(n, "embedding")} == {"model.embed_tokens.weight", "lm_head.weight"}
+    assert all(in_region(n, "all") for n in names)
+    with pytest.raises(ValueError, match="unknown region 'ffn'"):
+        in_region("model.layers.0.mlp.up_proj.weight", "ffn")
+
+
+def test_bad_inputs_raise():
+    base, ft = base_and_ft()
+    with pytest.raises(ValueError, match="outside"):
+        select_thresholds(base, ft, [101])
+    with pytest.raises(ValueError, match="strategy"):
+        select_thresholds(base, ft, [1], strategy="worst")
+    missing = {n: t for n, t in ft.items() if n != "model.layers.0.mlp.up_proj.weight"}
+    with pytest.raises(ValueError, match="model.layers.0.mlp.up_proj.weight"):
+        select_thresholds(base, missing, [1])
+    reshaped = {**ft, "model.layers.1.self_attn.q_proj.weight": torch.zeros(4, 4)}
+    with pytest.raises(ValueError, match="model.layers.1.self_attn.q_proj.weight"):
+        select_thresholds(base, reshaped, [1])
