@@ -117,7 +117,8 @@ def run_key(cfg: Config) -> str:
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise ConfigError(f"{key}={shown} is not allowed: expected {allowed}")
 
 
 def validate(cfg: Config) -> None:

@@ -61,39 +61,52 @@ def generate(
     batch_size: int = 256,
     seed: int = 0,
     desc: str | None = None,
+    n_samples: int = 1,
 ) -> list[str]:
-    """Continue each prompt; greedy when temperature == 0, else sampling (top-p = top-k = off)."""
+    """Continue each prompt `n_samples` times (output is prompt-major: all samples of prompt 0 first).
+
+    Greedy when temperature == 0, else plain sampling (no top-p / top-k). The prompt is encoded once
+    and its KV cache shared by its samples; finished sequences leave the batch at once.
+    """
     model.eval()
     device = _device(model)
     gen = torch.Generator(device=device).manual_seed(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = encode_prompts(tokenizer, prompts)
-    outputs: list[str] = [""] * len(prompts)
-    batches = list(_batches([len(e) for e in encoded], batch_size))
+    outputs: list[str] = [""] * (len(prompts) * n_samples)
+    batches = list(_batches([len(e) for e in encoded], max(1, batch_size // n_samples)))
     for idx in tqdm(batches, desc=desc, disable=desc is None, mininterval=5):
         ids, mask = _left_pad([encoded[i] for i in idx], pad)
         ids, mask = ids.to(device), mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        done = torch.zeros(len(idx), dtype=torch.bool, device=device)
-        new_tokens = []
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1, :].float()
+        if n_samples > 1:
+            cache.batch_repeat_interleave(n_samples)
+            logits, mask, pos = (t.repeat_interleave(n_samples, dim=0) for t in (logits, mask, pos))
+        rows = torch.tensor([i * n_samples + j for i in idx for j in range(n_samples)])  # output slot of each live row
+        tokens: list[list[int]] = [[] for _ in rows]
+        live = list(range(len(rows)))  # position in `tokens` of each live row
         for _ in range(max_new_tokens):
-            logits = out.logits[:, -1, :].float()
             if temperature > 0:
                 nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen).squeeze(1)
             else:
                 nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            new_tokens.append(nxt)
-            done |= nxt == tokenizer.eos_token_id
-            if done.all():
+            for row, token in zip(live, nxt.tolist()):
+                tokens[row].append(token)
+            going = (nxt != tokenizer.eos_token_id).nonzero().squeeze(1)
+            if len(going) == 0:
                 break
-            mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+            if len(going) < len(live):  # drop finished rows from the batch and the cache
+                cache.batch_select_indices(going)
+                nxt, mask, pos = nxt[going], mask[going], pos[going]
+                live = [live[i] for i in going.tolist()]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
-            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values, use_cache=True)
-        texts = tokenizer.batch_decode(torch.stack(new_tokens, 1).cpu(), skip_special_tokens=True)
-        for i, text in zip(idx, texts):
-            outputs[i] = text
+            out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+            cache, logits = out.cache, out.logits[:, -1, :].float()
+        for slot, text in zip(rows.tolist(), tokenizer.batch_decode(tokens, skip_special_tokens=True)):
+            outputs[slot] = text
     return outputs
 
 

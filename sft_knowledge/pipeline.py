@@ -143,10 +143,9 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
         model, tokenizer = load(ft_dir)
         ft_state = _state(model)
         train_log = json.loads((ft_dir / "train_log.json").read_text())
-    for step, (loss, step_lr) in enumerate(zip(train_log["loss"], train_log["lr"]), start=1):
-        log({"train/loss": loss, "train/lr": step_lr}, step=step)
-    for point in train_log["kl_curve"]:
-        log({"kl/curve_mean": point["kl_mean"]}, step=point["step"])
+    kl_at = {point["step"]: point["kl_mean"] for point in train_log["kl_curve"]}
+    for step, (loss, step_lr) in enumerate(zip(train_log["loss"], train_log["lr"]), start=1):  # W&B steps only increase
+        log({"train/loss": loss, "train/lr": step_lr} | ({"kl/curve_mean": kl_at[step]} if step in kl_at else {}), step=step)
 
     def evaluate_all() -> dict[str, LevelAccuracy]:
         return {split: accuracy(model, tokenizer, kb, eval_sets[split], cfg.eval) for split in ("test", "testood")}

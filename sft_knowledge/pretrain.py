@@ -19,7 +19,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .decoding import QA_MARKERS
 
-BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+# One separator token ends a document and begins the next (GPT-2 style), so it also serves as BOS.
+EOS, PAD = "</s>", "<pad>"
 
 
 @dataclass
@@ -31,7 +32,7 @@ class PretrainConfig:
     intermediate_size: int = 512
     seq_len: int = 64  # documents are packed into rows of this many tokens
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 6e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
     epochs: float = 1.0
@@ -43,19 +44,19 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=[PAD, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(docs, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD, padding_side="left")
     # The SFT prompt markers are plain (non-special) tokens the corpus never shows, as in a real model.
     fast.add_tokens(list(QA_MARKERS))
     return fast
 
 
 def _pack(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    sep = tokenizer.eos_token_id
     encs = tokenizer.backend_tokenizer.encode_batch_fast(docs, add_special_tokens=False)
-    ids = list(itertools.chain.from_iterable([bos, *e.ids, eos] for e in encs))
+    ids = list(itertools.chain.from_iterable([sep, *e.ids] for e in encs))
     n_rows = len(ids) // seq_len
     return torch.tensor(ids[: n_rows * seq_len]).view(n_rows, seq_len)
 

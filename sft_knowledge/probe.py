@@ -64,8 +64,7 @@ def _template_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: 
         answers = [f.object for f in facts for _ in range(cfg.n_map)]
         logp = answer_logprob(model, tokenizer, prompts, answers, cfg.temperature, cfg.batch_size)
         return logp.exp().view(len(facts), cfg.n_map)
-    repeated = [p for p in prompts for _ in range(cfg.n_sample)]
-    texts = generate(model, tokenizer, repeated, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed, desc)
+    texts = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed, desc, cfg.n_sample)
     answers = [kb.answers(f) for f in facts for _ in range(cfg.n_map * cfg.n_sample)]
     hits = torch.tensor([is_correct(t, a) for t, a in zip(texts, answers)], dtype=torch.float32)
     return hits.view(len(facts), cfg.n_map, cfg.n_sample).mean(-1)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,11 +48,16 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
     key = run_key(cfg)
     run_dir = Path(cfg.paths.runs_dir) / key
     results_path = run_dir / "results.json"
-    if job_dir is not None:
-        _write_atomic(job_dir / "run.json", json.dumps({"run_key": key, "run_dir": str(run_dir.resolve()), "status": "running"}))
+
+    def mark(status: str) -> None:  # the job directory points at the run, so sweeps can be summarised
+        if job_dir is not None:
+            _write_atomic(job_dir / "run.json", json.dumps({"run_key": key, "run_dir": str(run_dir.resolve()), "status": status}))
+
     if results_path.exists():
         print(f"run {key} is already done: {results_path}")
+        mark("done")
         return json.loads(results_path.read_text())
+    mark("running")
     semantic = {k: v for k, v in asdict(cfg).items() if k not in NON_SEMANTIC}
     tracker = Tracker(cfg.logger.mode, run_dir, key, cfg.logger.project, asdict(cfg), group=cfg.logger.group,
                       tags=list(cfg.logger.tags) + [cfg.model.name, cfg.mastery.bucket, f"size={cfg.data.size}", cfg.restore.strategy],
@@ -61,6 +67,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
         record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(), **results}
         tracker.summary({k: record[k] for k in ("acc_test", "acc_testood", "acc_train", "kl_test4")})
         _write_atomic(results_path, json.dumps(record, indent=1))
+    mark("done")
     return record
 
 
@@ -70,6 +77,8 @@ def _main(dcfg: DictConfig) -> None:
     job_dir = Path(hc.runtime.output_dir)
     try:
         cfg: Config = OmegaConf.to_object(dcfg)
+        if cfg.logger.group is None and hc.mode == RunMode.MULTIRUN:
+            cfg.logger.group = Path(hc.sweep.dir).name  # one W&B group per sweep
         record = execute(cfg, job_dir, list(hc.overrides.task))
     except Exception as err:  # noqa: BLE001 - every failure becomes one line here and a record in the job dir
         expected = isinstance(err, EXPECTED_ERRORS)

@@ -14,9 +14,7 @@ def _f(x, width: int = 7, digits: int = 1) -> str:
 def run_summary(r: dict) -> str:
     lines = [f"run {r['run_key']}  (model={r['config']['model']['name']}, bucket={r['config']['mastery']['bucket']}, "
              f"size={r['config']['data']['size']}, {r['n_train_facts']} SFT facts)"]
-    lines.append("  level counts       " + "".join(f"{n:>8}" for n in LEVEL_NAMES))
-    for split, counts in r["level_counts"].items():
-        lines.append(f"    {split:<15}" + "".join(f"{c:>8}" for c in counts))
+    lines += _level_counts(r["level_counts"])
     lines.append("  accuracy (%)       " + "".join(f"{n:>8}" for n in LEVEL_NAMES) + "   macro")
     for split in ("test", "testood"):
         lines.append(f"    {split:<15}" + "".join(_f(a, 8) for a in r[f"acc_{split}_level"]) + _f(r[f"acc_{split}"], 8))
@@ -35,6 +33,23 @@ def run_summary(r: dict) -> str:
         lines.append(f"  restore layers {rec['layers'][0]}-{rec['layers'][1]}: acc_test {_f(rec['acc_test'], 0)}, acc_testood {_f(rec['acc_testood'], 0)}")
     lines.append("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in r["timings"].items()))
     return "\n".join(lines)
+
+
+def _level_counts(level_counts: dict[str, list[int]]) -> list[str]:
+    """How many facts of each split the probe put in each level of the base model."""
+    lines = ["  level counts       " + "".join(f"{n:>8}" for n in LEVEL_NAMES)]
+    return lines + [f"    {split:<15}" + "".join(f"{c:>8}" for c in counts) for split, counts in level_counts.items()]
+
+
+def _world_lines(results: list[dict]) -> list[str]:
+    """Level counts of the probed base model, and whether its knowledge is extractable by questions."""
+    lines = ["base model:"] + _level_counts(results[0]["level_counts"])
+    for r in results:
+        if r["config"]["mastery"]["bucket"] == "d4" and r["config"]["data"]["size"] == 240:
+            acc4 = r["acc_test_level"][4]
+            verdict = "extractable" if acc4 is not None and acc4 >= 50 else "NOT extractable (below 50%)"
+            lines.append(f"knowledge check: fine-tuned on 240 D-4 facts, the model answers {_f(acc4, 0)}% of D_test-4 ({verdict})")
+    return lines
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict]:
@@ -62,4 +77,9 @@ def sweep_summary(sweep_dir: Path) -> str:
         best_txt = f"{best['ratio']:g}%: {best['acc_test']:.1f}" if best and best["acc_test"] is not None else "-"
         lines.append(f"{row['job']:>4}  {r['config']['mastery']['bucket']:<6}{str(r['config']['data']['size']):>6}  {_f(r['acc_test'], 8)}{_f(r['acc_testood'], 8)}  "
                      f"{_f(r['acc_test_level'][4], 12)}{_f(r['kl_test4'], 12, 4)}  {best_txt:<30}  done")
+    done = [row["results"] for row in rows if "results" in row]
+    if done:
+        lines += _world_lines(done)
+        runs_dir = Path(rows[0]["run_dir"]).parent
+        lines.append(f"results: {runs_dir}/<run_key>/results.json for each cell; this table: {Path(sweep_dir) / 'summary.txt'}")
     return "\n".join(lines)

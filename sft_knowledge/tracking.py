@@ -2,7 +2,7 @@
 
 A `Tracker` is a context manager: it starts one W&B run (id = run key, resume allowed, so a re-run
 or a requeue never makes a second one), logs namespaced metrics, and always finishes the run, with
-a failing exit code on error. Every metric is also appended to `<run_dir>/metrics.jsonl`, so what
+a failing exit code on error. Every metric is also written to `<run_dir>/metrics.jsonl`, so what
 was logged can be read back without W&B. A W&B failure only warns: tracking never kills a run.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Tracker:
 
     def __enter__(self) -> Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a")
+        self._metrics = open(self.run_dir / "metrics.jsonl", "w")  # the latest attempt of this run
         if self.mode != "disabled":
             try:
                 import wandb

@@ -72,14 +72,15 @@ _CODAS = ("", "", "", "n", "r", "l", "s", "m")
 @dataclass
 class SyntheticWorldConfig:
     seed: int = 0
-    n_train: int = 14000  # in-domain facts for training buckets
-    n_test: int = 2500  # in-domain facts held out for testing
-    n_testood: int = 2500  # facts of the out-of-domain relations
+    n_train: int = 13000  # in-domain facts for training buckets
+    n_test: int = 1500  # in-domain facts held out for testing
+    n_testood: int = 1500  # facts of the out-of-domain relations
     n_bridge_per_relation: int = 40  # facts outside every split, also seen as QA text
     bridge_statements: int = 8
     bridge_questions: int = 4
-    exposure_zero_frac: float = 0.15  # facts never stated in the corpus
-    exposure_max: int = 96  # others: stated round(exp(U(0, ln max))) times (log-uniform)
+    exposure_zero_frac: float = 0.1  # facts never stated in the corpus
+    exposure_min: int = 20  # the others are stated round(exp(U(ln min, ln max))) times (log-uniform)
+    exposure_max: int = 64
     pool_scale: float = 1.0  # object pool sizes x this
 
 
@@ -104,18 +105,22 @@ class _Names:
                 self.used.add(w)
                 return w
 
-    def substring_free(self, n: int, syllables: int) -> list[str]:
+    def substring_free(self, syllables: list[int]) -> list[str]:
+        """One word per entry of `syllables`, none a substring of another (so grading has no false matches)."""
         words: list[str] = []
-        while len(words) < n:
-            w = self.word(syllables).lower()
-            if not any(w in v or v in w for v in words):
-                words.append(w)
+        for n in syllables:
+            while True:
+                w = self.word(n).lower()
+                if not any(w in v or v in w for v in words):
+                    words.append(w)
+                    break
         return [w.capitalize() for w in words]
 
 
 def _object_pools(names: _Names, scale: float) -> dict[str, list[str]]:
     size = lambda n: max(8, int(n * scale))  # noqa: E731
-    words = iter(names.substring_free(size(300) + size(60) + size(150) + size(80) + size(200) + size(40) + 2 * size(300), 3))
+    single = size(300) + size(60) + size(150) + size(80) + size(200) + size(40)
+    words = iter(names.substring_free([3] * (single + 2 * size(300))))
     take = lambda n, fmt: [fmt.format(next(words)) for _ in range(n)]  # noqa: E731
     return {
         "city": take(size(300), "{}"),
@@ -198,7 +203,7 @@ def build_world(cfg: SyntheticWorldConfig) -> SyntheticWorld:
     def exposure() -> int:
         if rng.random() < cfg.exposure_zero_frac:
             return 0
-        return round(math.exp(rng.uniform(0.0, math.log(cfg.exposure_max))))
+        return round(math.exp(rng.uniform(math.log(cfg.exposure_min), math.log(cfg.exposure_max))))
 
     exposures = {split: [exposure() for _ in facts] for split, facts in splits.items()}
     return SyntheticWorld(KnowledgeBase(rels, splits), bridge, exposures)

@@ -1,0 +1,47 @@
+# sft_knowledge: every target sets itself up on a fresh machine (a .venv beside this file).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install run smoke test test-fast bench wandb-sync clean clean-all
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+install: $(STAMP) ## Create .venv (if missing) and install the package with its pinned dependencies
+
+run: install ## The main job: the paper's grid at toy scale (sizes 60/240/1920 x buckets D-0..D-4) on the embedded world
+	$(PY) -m sft_knowledge.run experiment=toy_grid
+
+smoke: install ## One small end-to-end run (under a minute once cached)
+	$(PY) -m sft_knowledge.run experiment=smoke
+
+test: install ## All tests (the CI command)
+	$(PY) -m pytest -q
+
+test-fast: install ## Tests without the end-to-end runs
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install ## Speed and memory of `make run`, cold and warm, measured against its budget
+	$(PY) benchmarks/bench_make_run.py
+
+wandb-sync: install ## Upload offline W&B runs under outputs/ (needs network and `wandb login`)
+	@find outputs -type d -name 'offline-run-*' -print0 | xargs -0 -r $(VENV)/bin/wandb sync
+
+clean: ## Remove run outputs and the artifact cache (keeps .venv)
+	find outputs -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	find . -name __pycache__ -prune -exec rm -rf {} + ; rm -rf .pytest_cache
+
+clean-all: clean ## Also remove .venv
+	rm -rf $(VENV)

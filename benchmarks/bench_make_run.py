@@ -1,0 +1,67 @@
+"""Time and peak memory of `make run` (experiment=toy_grid), cold then warm, against the issue's budget.
+
+    python benchmarks/bench_make_run.py [--output-dir DIR]
+
+Cold: an empty output directory, so the world, the tokenizer, pretraining, the probe and all 15 cells
+are computed. Warm: the same command again, which must recompute nothing. The baseline of the
+warm run is the cold run of the same invocation; both are compared with the budget (15 min cold,
+3 min warm, 4 GB peak RSS). Writes benchmarks/results/make_run.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET = {"cold": 15 * 60, "warm": 3 * 60}
+RSS_BUDGET_GB = 4.0
+
+
+def measure(cmd: list[str]) -> dict:
+    """Run cmd in a child that reports the peak RSS of its own children (the run itself)."""
+    child = (
+        "import json, resource, subprocess, sys, time\n"
+        "t = time.time(); rc = subprocess.run(sys.argv[1:]).returncode\n"
+        "print(json.dumps({'rc': rc, 'seconds': time.time() - t, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", child, *cmd], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output-dir", type=Path, default=None, help="where the runs go (default: a fresh temp dir)")
+    args = parser.parse_args()
+    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="bench_make_run_"))
+    cmd = [sys.executable, "-m", "sft_knowledge.run", "experiment=toy_grid", f"paths.output_dir={output_dir}"]
+    phases = {}
+    for phase in ("cold", "warm"):
+        print(f"== {phase}: {' '.join(cmd)}", flush=True)
+        phases[phase] = measure(cmd)
+        if phases[phase]["rc"] != 0:
+            sys.exit(f"{phase} run failed with exit code {phases[phase]['rc']}")
+    print(f"\n{'phase':<6}{'seconds':>10}{'budget':>9}{'of budget':>11}{'peak RSS GB':>13}")
+    for phase, m in phases.items():
+        print(f"{phase:<6}{m['seconds']:>10.1f}{BUDGET[phase]:>9}{m['seconds'] / BUDGET[phase]:>10.0%}{m['peak_rss_gb']:>13.2f}")
+    print(f"warm / cold time: {phases['warm']['seconds'] / phases['cold']['seconds']:.3f}; RSS budget {RSS_BUDGET_GB} GB")
+    cells = list((output_dir / "runs").glob("*/results.json"))
+    timings: dict[str, float] = {}
+    for path in cells:
+        for stage, s in json.loads(path.read_text())["timings"].items():
+            timings[stage] = timings.get(stage, 0.0) + s
+    print(f"{len(cells)} cells; stage seconds summed over cells (cold run, cached stages count once): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    result = {"phases": phases, "budget_s": BUDGET, "rss_budget_gb": RSS_BUDGET_GB, "cells": len(cells),
+              "stage_seconds": timings, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "output_dir": str(output_dir)}
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "make_run.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Hydra launcher profiles (YAML under hydra/launcher/), on Hydra's search path as pkg://launchers."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: offline settings, and one small pretrained world reused by every end-to-end test."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+
+def compose_config(*overrides: str):
+    """The typed Config that `python -m sft_knowledge.run <overrides>` would run, composed in-process."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sft_knowledge.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
+
+
+def run_cli(*overrides: str, output_dir: Path, cache_dir: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m sft_knowledge.run experiment=smoke ...` in a subprocess, as a user would run it."""
+    args = [sys.executable, "-m", "sft_knowledge.run", "experiment=smoke", f"paths.output_dir={output_dir}"]
+    if cache_dir is not None:
+        args.append(f"paths.cache_dir={cache_dir}")
+    proc = subprocess.run([*args, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory) -> Path:
+    """A cache holding the smoke world's pretrained model and probe, built once per test session."""
+    out = tmp_path_factory.mktemp("smoke")
+    run_cli(output_dir=out / "warmup", cache_dir=out / "cache")
+    return out / "cache"

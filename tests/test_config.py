@@ -1,0 +1,56 @@
+"""Every config group option composes into a valid typed config; bad values give one-line errors."""
+import pytest
+
+from conftest import CONF
+from conftest import compose_config as _compose
+from sft_knowledge.config import Config, ConfigError, run_key, validate
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "data", "mastery", "train", "eval", "kl", "restore", "logger", "experiment"])
+def test_every_group_option_composes_and_validates(group):
+    assert _options(group), f"conf/{group} has no options"
+    for option in _options(group):
+        cfg = _compose(f"{group}={option}")
+        assert isinstance(cfg, Config)
+        validate(cfg)
+
+
+def test_defaults_are_the_papers():
+    cfg = _compose()
+    assert (cfg.mastery.n_map, cfg.mastery.n_sample, cfg.mastery.temperature, cfg.mastery.max_new_tokens) == (21, 10, 0.7, 32)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.eval.max_new_tokens, cfg.kl.top_k, cfg.kl.level) == (1.0, 8, 16, 10, 4)
+    assert cfg.restore.ratios == [0, 1, 3, 5, 10, 20, 40, 60] and cfg.restore.region == "transformer"
+
+
+def test_mastery_option_selects_bucket():
+    assert [_compose(f"mastery={b}").mastery.bucket for b in ("all", "d0", "d4")] == ["all", "d0", "d4"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.size=0", "data.size=0 is not allowed: expected a positive integer"),
+        ("data.size=many", "data.size='many' is not allowed"),
+        ("restore.ratios=[0,150]", "restore.ratios=150 is not allowed: expected percentages in [0, 100]"),
+        ("restore.ratios=[-1]", "restore.ratios=-1 is not allowed"),
+        ("restore.strategy=best", "restore.strategy='best' is not allowed: expected top, bottom, random"),
+        ("mastery.estimator=guess", "mastery.estimator='guess' is not allowed: expected sampling, likelihood"),
+        ("kl.level=5", "kl.level=5 is not allowed: expected 0..4"),
+    ],
+)
+def test_bad_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(_compose(override))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_run_key_is_semantic():
+    base = _compose()
+    assert run_key(base) == run_key(_compose("logger=disabled", "paths.output_dir=/elsewhere", "name=other"))
+    assert run_key(base) != run_key(_compose("seed=1"))
+    assert run_key(base) != run_key(_compose("data.size=60"))
+    assert run_key(base).startswith("tiny_world-all-240-")

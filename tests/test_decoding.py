@@ -1,0 +1,77 @@
+"""Batched, left-padded decoding must give what one-prompt-at-a-time decoding gives."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sft_knowledge.decoding import answer_logprob, encode_prompts, encode_targets, generate, next_token_logits, qa_prompt
+from sft_knowledge.pretrain import train_tokenizer
+
+DOCS = [f"The capital of Land{i} is City{i % 7}. Question: Where was Person{i} born? Answer: Town{i % 5}." for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    tok = train_tokenizer(DOCS, 300)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+    return model, tok
+
+
+PROMPTS = ["The capital of Land3 is", "Question: Where was Person12 born? Answer:", "The", qa_prompt("Where was Person1 born?")]
+
+
+def _reference_greedy(model, tok, prompt, n):
+    ids = torch.tensor([encode_prompts(tok, [prompt])[0]])
+    out = []
+    for _ in range(n):
+        nxt = model(input_ids=ids).logits[0, -1].argmax().item()
+        out.append(nxt)
+        if nxt == tok.eos_token_id:
+            break
+        ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    return tok.decode(out, skip_special_tokens=True)
+
+
+def test_greedy_batched_equals_one_by_one(lm):
+    model, tok = lm
+    batched = generate(model, tok, PROMPTS, max_new_tokens=6, batch_size=3)
+    assert batched == [_reference_greedy(model, tok, p, 6) for p in PROMPTS]
+
+
+def test_sampling_is_seeded_and_varies(lm):
+    model, tok = lm
+    a = generate(model, tok, PROMPTS * 8, 5, temperature=1.0, seed=1)
+    assert a == generate(model, tok, PROMPTS * 8, 5, temperature=1.0, seed=1)
+    assert a != generate(model, tok, PROMPTS * 8, 5, temperature=1.0, seed=2)
+
+
+def test_next_token_logits_ignore_padding(lm):
+    model, tok = lm
+    batched = next_token_logits(model, tok, PROMPTS, batch_size=4)
+    for i, p in enumerate(PROMPTS):
+        single = model(input_ids=torch.tensor([encode_prompts(tok, [p])[0]])).logits[0, -1]
+        torch.testing.assert_close(batched[i], single, atol=1e-4, rtol=1e-4)
+
+
+def test_answer_logprob_matches_manual_teacher_forcing(lm):
+    model, tok = lm
+    prompt, answer, temp = PROMPTS[0], "City3", 0.7
+    got = answer_logprob(model, tok, [prompt, PROMPTS[1]], [answer, "Town2"], temperature=temp)[0]
+    p, a = encode_prompts(tok, [prompt])[0], encode_targets(tok, [answer], eos=False)[0]
+    logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0] / temp, -1)
+    expected = sum(logp[len(p) - 1 + j, t] for j, t in enumerate(a))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_prompt_format_is_the_papers():
+    assert qa_prompt("  Where was X born? ") == "<|question|> Where was X born? <|answer|>"
+
+
+def test_shared_prompt_samples_are_prompt_major_and_greedy_identical(lm):
+    model, tok = lm
+    greedy = generate(model, tok, PROMPTS, 6, batch_size=8, n_samples=3)
+    assert greedy == [g for g in generate(model, tok, PROMPTS, 6) for _ in range(3)]
+    sampled = generate(model, tok, PROMPTS, 5, temperature=1.0, seed=0, n_samples=4)
+    assert len(sampled) == 4 * len(PROMPTS) and len(set(sampled)) > len(PROMPTS)

@@ -1,0 +1,94 @@
+"""The whole pipeline from the command line on a small world: results, caching, sweeps, bad input."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+RESTORE_FIELDS = {"ratio", "strategy", "region", "acc_test", "acc_testood", "acc_test_level", "acc_testood_level"}
+
+
+def _results(output_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((output_dir / "runs").glob("*/results.json"))]
+
+
+def test_run_writes_every_result_field_and_reuses_the_cache(smoke_cache, tmp_path):
+    proc = run_cli(output_dir=tmp_path, cache_dir=smoke_cache)
+    [r] = _results(tmp_path)
+    for key in ("config", "run_key", "provenance", "acc_test", "acc_testood", "acc_train", "kl_test4", "kl_curve",
+                "restore", "update_share", "timings", "level_counts"):
+        assert key in r, key
+    assert len(r["acc_test_level"]) == len(r["acc_testood_level"]) == 5
+    assert r["provenance"]["git_sha"] and "torch" in r["provenance"]["packages"]
+    assert r["cache_hits"] == {"base_model": True, "probe": True, "sft": True}  # the session fixture ran this config
+    assert [x["ratio"] for x in r["restore"]] == [0, 5, 20, 60] and all(RESTORE_FIELDS <= set(x) for x in r["restore"])
+    assert r["restore"][0]["acc_test"] == r["acc_test"] and r["restore"][0]["n_restored"] == 0
+    assert set(r["update_share"]) == {"1", "3", "5", "10", "20", "40", "60"}
+    assert 0 < r["update_share"]["1"] < r["update_share"]["20"] < r["update_share"]["60"] <= 100
+    assert r["kl_test4"] is not None and r["kl_test4"] >= 0 and len(r["kl_curve"]) == 3
+    assert "accuracy (%)" in proc.stdout and "results:" in proc.stdout
+
+    # The same command again recomputes nothing and leaves the finished result alone.
+    results_file = tmp_path / "runs" / r["run_key"] / "results.json"
+    stamp = results_file.stat().st_mtime_ns
+    again = run_cli(output_dir=tmp_path, cache_dir=smoke_cache)
+    assert "already done" in again.stdout and results_file.stat().st_mtime_ns == stamp
+
+
+def test_new_restore_ratios_reuse_probe_and_fine_tuned_weights(smoke_cache, tmp_path):
+    run_cli("restore.ratios=[0,10]", "restore.strategy=random", output_dir=tmp_path, cache_dir=smoke_cache)
+    [r] = _results(tmp_path)
+    assert r["cache_hits"] == {"base_model": True, "probe": True, "sft": True}
+    assert [x["strategy"] for x in r["restore"]] == ["random", "random"]
+
+
+def test_multirun_2x2_into_a_sweep_directory(smoke_cache, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "data.size=20,40", "seed=0,1", f"hydra.sweep.dir={sweep}", "restore.ratios=[0,10]",
+                   output_dir=tmp_path, cache_dir=smoke_cache)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
+    assert all(json.loads((sweep / n / "run.json").read_text())["status"] == "done" for n in "0123")
+    runs = _results(tmp_path)
+    assert sorted((x["config"]["data"]["size"], x["config"]["seed"]) for x in runs) == [(20, 0), (20, 1), (40, 0), (40, 1)]
+    assert "4 of 4 cells done" in (sweep / "summary.txt").read_text() and "4 of 4 cells done" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mastery=d9", "error: mastery=d9 is not an option of 'mastery': choose one of all, d0, d1, d2, d3, d4"),
+        ("restore.ratios=[0,150]", "error: restore.ratios=150 is not allowed: expected percentages in [0, 100]"),
+        ("data.size=100000", "error: data.size=100000 is larger than the bucket, which holds"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_no_result(smoke_cache, tmp_path, override, message):
+    proc = run_cli(override, output_dir=tmp_path, cache_dir=smoke_cache, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors and errors[0].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert _results(tmp_path) == []
+
+
+def test_corrupt_cache_entry_is_reported_and_left_alone(smoke_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(smoke_cache, cache)
+    weights = next((cache / "sft").glob("*/model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    proc = run_cli(output_dir=tmp_path, cache_dir=cache, check=False)
+    assert proc.returncode != 0
+    assert f"error: cache entry {weights.parent} is corrupt: model.safetensors has 1000 bytes" in proc.stderr
+    assert weights.stat().st_size == 1000 and _results(tmp_path) == []
+
+
+def test_offline_tracking_writes_wandb_run_and_metrics(smoke_cache, tmp_path):
+    run_cli("logger=wandb", "restore.ratios=[0,20]", output_dir=tmp_path, cache_dir=smoke_cache)
+    [r] = _results(tmp_path)
+    run_dir = tmp_path / "runs" / r["run_key"]
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    keys = set().union(*(json.loads(line).keys() for line in (run_dir / "metrics.jsonl").read_text().splitlines()))
+    assert {"train/loss", "train/lr", "kl/curve_mean", "restore/acc_test", "restore/ratio"} <= keys

@@ -1,0 +1,44 @@
+"""SFT: loss on answer tokens only, the paper's cosine schedule, and a loss that goes down."""
+import math
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sft_knowledge.data.facts import Fact
+from sft_knowledge.decoding import encode_prompts, encode_targets, qa_prompt
+from sft_knowledge.pretrain import train_tokenizer
+from sft_knowledge.train import IGNORE, TrainConfig, _batch, cosine_lr, sft
+
+FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
+
+
+def _tok():
+    return train_tokenizer([f"{f.question} {f.object}." for f in FACTS], 200)
+
+
+def test_labels_cover_answer_and_eos_only():
+    tok = _tok()
+    p, t = encode_prompts(tok, [qa_prompt(FACTS[0].question)])[0], encode_targets(tok, [FACTS[0].object])[0]
+    batch = _batch([(p, t), (p[:3], t)], tok.pad_token_id)
+    assert batch["labels"][0].tolist() == [IGNORE] * len(p) + t
+    assert t[-1] == tok.eos_token_id
+    assert batch["attention_mask"][1].tolist() == [1] * (3 + len(t)) + [0] * (len(p) - 3)
+    assert batch["labels"][1, 3 + len(t):].eq(IGNORE).all()
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 10, 1.0, 0) == 1.0
+    assert math.isclose(cosine_lr(5, 10, 1.0, 0), 0.5)
+    assert math.isclose(cosine_lr(1, 10, 1.0, 2), 1.0) and math.isclose(cosine_lr(0, 10, 1.0, 2), 0.5)
+
+
+def test_sft_lowers_the_loss_and_reports_every_step():
+    torch.manual_seed(0)
+    tok = _tok()
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id))
+    seen = []
+    log = sft(model, tok, FACTS, TrainConfig(epochs=8, batch_size=8), lr=1e-2, seed=0, on_step=lambda *a: seen.append(a))
+    assert log.steps == 32 and len(log.loss) == 32 and [s[0] for s in seen] == list(range(1, 33))
+    assert sum(log.loss[-4:]) < 0.5 * sum(log.loss[:4])
+    assert log.lr[0] == 1e-2 and log.lr[-1] < 1e-4

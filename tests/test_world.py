@@ -1,0 +1,51 @@
+"""The synthetic world: deterministic, EntityQuestions-shaped, and gradable without false matches."""
+from collections import Counter
+
+from sft_knowledge.data.facts import normalise
+from sft_knowledge.data.synthetic import SyntheticWorldConfig, build_world
+
+SMALL = SyntheticWorldConfig(n_train=500, n_test=200, n_testood=120, n_bridge_per_relation=5, pool_scale=0.3)
+
+
+def test_world_is_deterministic_and_seeded():
+    assert build_world(SMALL).kb.splits == build_world(SMALL).kb.splits
+    other = build_world(SyntheticWorldConfig(**{**SMALL.__dict__, "seed": 1}))
+    assert other.kb.splits != build_world(SMALL).kb.splits
+
+
+def test_relations_mirror_entityquestions():
+    kb = build_world(SMALL).kb
+    in_domain = [r for r in kb.relations.values() if r.in_domain]
+    assert len(in_domain) >= 10 and len(kb.relations) - len(in_domain) >= 6
+    for rel in kb.relations.values():
+        assert len(rel.mapping_templates) == 21 and len(set(rel.mapping_templates)) == 21
+        assert "[X]" in rel.question_template and all("{subject}" in t for t in rel.mapping_templates)
+
+
+def test_splits_sizes_domains_and_balance():
+    world = build_world(SMALL)
+    kb = world.kb
+    assert [len(kb.splits[s]) for s in ("train", "test", "testood")] == [500, 200, 120]
+    assert all(kb.relations[f.relation].in_domain for s in ("train", "test") for f in kb.splits[s])
+    assert not any(kb.relations[f.relation].in_domain for f in kb.splits["testood"])
+    assert set(Counter(f.relation for f in kb.splits["train"]).values()) == {50}
+    subjects = [f.subject for s in kb.splits.values() for f in s] + [f.subject for f in world.bridge]
+    assert len(subjects) == len(set(subjects))  # every fact has its own subject: splits are disjoint
+
+
+def test_no_object_is_a_substring_of_another():
+    kb = build_world(SMALL).kb
+    objects = {normalise(f.object) for s in kb.splits.values() for f in s}
+    assert not [(a, b) for a in objects for b in objects if a != b and a in b]
+
+
+def test_corpus_states_facts_by_exposure_and_asks_only_bridge_questions():
+    world = build_world(SMALL)
+    docs = world.corpus(0, SMALL)
+    fact, exposure = max(zip(world.kb.splits["train"], world.exposure["train"]), key=lambda x: x[1])
+    assert sum(fact.subject.lower() in d.lower() for d in docs) == exposure > 0
+    questions = [d for d in docs if d.startswith("Question:")]
+    assert len(questions) == SMALL.bridge_questions * len(world.bridge)
+    split_subjects = {f.subject for s in world.kb.splits.values() for f in s}
+    assert not any(s in q for q in questions for s in list(split_subjects)[:50])
+    assert 0.05 < sum(e == 0 for e in world.exposure["train"]) / 500 < 0.3
