@@ -161,10 +161,13 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
     restore_records, block_records = [], []
     with timer("restore"):
         region, strategy, seed = cfg.restore.region, cfg.restore.strategy, cfg.restore.seed
-        selections = select_thresholds(base_state, ft_state, sorted(set(cfg.restore.ratios)), region, strategy, seed)
+        ratios = sorted(set(cfg.restore.ratios))
+        # Table 3's update shares come from the top strategy; with it, one streaming call serves both.
+        extra = list(UPDATE_SHARE_RATIOS) if strategy == "top" else []
+        selections = select_thresholds(base_state, ft_state, sorted(set(ratios + extra)), region, strategy, seed)
         top = selections if strategy == "top" else select_thresholds(base_state, ft_state, list(UPDATE_SHARE_RATIOS), region, "top", seed)
-        update_share = {str(r): round(100 * top[r].change_share, 2) for r in UPDATE_SHARE_RATIOS if r in top}
-        for ratio in tqdm(sorted(selections), desc="restoration", disable=len(selections) < 3):
+        update_share = {str(r): round(100 * top[r].change_share, 2) for r in UPDATE_SHARE_RATIOS}
+        for ratio in tqdm(ratios, desc="restoration", disable=len(ratios) < 3):
             sel = selections[ratio]
             if sel.k == 0:
                 restored = acc

@@ -34,7 +34,8 @@ def run_cli(*overrides: str, output_dir: Path, cache_dir: Path | None = None, ch
     args = [sys.executable, "-m", "sft_knowledge.run", "experiment=smoke", f"paths.output_dir={output_dir}"]
     if cache_dir is not None:
         args.append(f"paths.cache_dir={cache_dir}")
-    proc = subprocess.run([*args, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra wants flags such as -m before the overrides
+    proc = subprocess.run([*args[:3], *flags, *args[3:], *(o for o in overrides if o not in flags)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}")
     return proc
