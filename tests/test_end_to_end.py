@@ -77,12 +77,14 @@ def test_bad_input_is_one_line_and_writes_no_result(smoke_cache, tmp_path, overr
 def test_corrupt_cache_entry_is_reported_and_left_alone(smoke_cache, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(smoke_cache, cache)
-    weights = next((cache / "sft").glob("*/model.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:1000])
+    weights = list((cache / "sft").glob("*/model.safetensors"))  # other tests may have added entries: damage all
+    for w in weights:
+        w.write_bytes(w.read_bytes()[:1000])
     proc = run_cli(output_dir=tmp_path, cache_dir=cache, check=False)
     assert proc.returncode != 0
-    assert f"error: cache entry {weights.parent} is corrupt: model.safetensors has 1000 bytes" in proc.stderr
-    assert weights.stat().st_size == 1000 and _results(tmp_path) == []
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: cache entry {cache / 'sft'}/") and "is corrupt: model.safetensors has 1000 bytes" in line
+    assert all(w.stat().st_size == 1000 for w in weights) and _results(tmp_path) == []
 
 
 def test_offline_tracking_writes_wandb_run_and_metrics(smoke_cache, tmp_path):
