@@ -59,11 +59,11 @@ def load_world(cfg: Config) -> SyntheticWorld:
     return build_world(cfg.data.world)
 
 
-def load_mastery(cache: Cache, base_spec: dict, model, tokenizer, kb: KnowledgeBase, pcfg: ProbeConfig) -> tuple[ProbeResult, bool]:
+def load_mastery(cache: Cache, probe_spec: dict, model, tokenizer, kb: KnowledgeBase, pcfg: ProbeConfig) -> tuple[ProbeResult, bool]:
     def build(tmp: Path) -> None:
         (tmp / "probe.json").write_text(json.dumps(asdict(probe(model, tokenizer, kb, pcfg))))
 
-    path, hit = cache.get_or_build("probe", {"base": base_spec, "probe": asdict(pcfg)}, build)
+    path, hit = cache.get_or_build("probe", probe_spec, build)
     return ProbeResult(**json.loads((path / "probe.json").read_text())), hit
 
 
@@ -98,7 +98,8 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
         base_spec = tiny_world_spec(cfg.model.pretrain, cfg.data.world)
     with timer("probe"):
         pcfg = probe_config(cfg)
-        levels, hits["probe"] = load_mastery(cache, base_spec, model, tokenizer, kb, pcfg)
+        probe_spec = {"base": base_spec, "probe": asdict(pcfg)}  # the bucket is not in it: one probe serves all buckets
+        levels, hits["probe"] = load_mastery(cache, probe_spec, model, tokenizer, kb, pcfg)
     level_counts = {split: levels.counts(split) for split in SPLITS}
 
     # What the fine-tuned model is trained and judged on.
@@ -120,7 +121,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
 
     lr = cfg.train.lr if cfg.train.lr is not None else cfg.model.lr
     sft_spec = {
-        "probe": {"base": base_spec, "probe": asdict(pcfg)},
+        "probe": probe_spec,
         "bucket": cfg.mastery.bucket, "size": cfg.data.size, "data_seed": cfg.data.seed,
         "train": asdict(cfg.train), "lr": lr, "seed": cfg.seed, "kl": asdict(cfg.kl), "eval_seed": cfg.eval.seed,
     }
