@@ -403,12 +403,12 @@ def figure_table(cells: list[Cell], metrics: dict[str, Callable[[dict], float | 
 
 def plot_against_size(path: Path, title: str, cells: list[Cell], panels: list[tuple[str, str, Callable[[dict], float | None]]]) -> None:
     """One panel per (title, y label, value); in each, one line per training bucket against the SFT data size."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.5, 5.2 * len(panels)), 4.2), squeeze=False)
     lines: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
         lines.setdefault((c.variant, c.bucket), []).append(c)
     sizes = sorted({round(statistics.fmean(r["n_train_facts"] for r in c.runs)) for c in cells if c.runs})
-    for ax, (title, ylabel, get) in zip(axes[0], panels):
+    for ax, (panel_title, ylabel, get) in zip(axes[0], panels):
         for (variant, bucket), line in lines.items():
             points = [(statistics.fmean(r["n_train_facts"] for r in c.runs), c.stat(get)) for c in line if c.runs]
             points = sorted((x, s) for x, s in points if s is not None)
@@ -422,10 +422,11 @@ def plot_against_size(path: Path, title: str, cells: list[Cell], panels: list[tu
         ax.minorticks_off()
         ax.set_xlabel("SFT training facts (count" + (", log scale)" if len(sizes) > 1 else ")"))
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        if len(panels) > 1:
+            ax.set_title(panel_title)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(title="training bucket", fontsize=8, loc="best")
-    fig.suptitle(f"{title}\n(mean over seeds; error bars ±1 sample standard deviation where a cell has several runs)", fontsize=10)
+    fig.suptitle(f"{title}\n(mean over seeds; error bars: ±1 sample standard deviation)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

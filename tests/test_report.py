@@ -118,3 +118,49 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path):
         proc = _report_cli(str(target))
         assert proc.returncode == 1 and proc.stderr.startswith(message) and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert not (only_failed / "report").exists()
+
+
+@pytest.mark.slow
+def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbers(smoke_cache, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "mastery=d0,d4", "data.size=20,60", "restore.ratios=[0,10]", "eval.max_per_level=20",
+                   f"hydra.sweep.dir={sweep}", output_dir=tmp_path, cache_dir=smoke_cache, check=False)
+    assert proc.returncode != 0  # the smoke world's D-0 holds 52 train facts: its 60-fact cell (job 1) fails
+    results = {(r["config"]["mastery"]["bucket"], r["config"]["data"]["size"]): r
+               for r in (json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/results.json"))}
+    assert set(results) == {("d0", 20), ("d4", 20), ("d4", 60)}
+
+    made = _report_cli(str(sweep))
+    assert made.returncode == 0, made.stderr
+    out = sweep / "report"
+    assert {p.name for p in out.iterdir()} == {"report.md", *FIGURES, *TABLES}
+    for png in FIGURES:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 20_000
+
+    # Every number in the tables is one of the runs' results.json, and every result is in the tables.
+    def check(table: str, value) -> list[dict]:
+        rows = _csv(out / table)
+        for row in rows:
+            r = results[(row["bucket"], int(row["size"]))]
+            assert float(row["mean"]) == value(r, row) and row["n"] == "1" and row["std"] == "", (table, row)
+        return rows
+
+    t2 = check("table2_bucket_x_level.csv", lambda r, row: r[f"acc_{row['split']}"] if row["level"] == "macro"
+               else r[f"acc_{row['split']}_level"][int(row["level"][2])])
+    assert len(t2) == sum(a is not None for r in results.values() for s in ("test", "testood") for a in [r[f"acc_{s}"], *r[f"acc_{s}_level"]])
+    assert all(row["paper"] == "" for row in t2)  # the embedded world is no paper setting
+    t4 = check("table4_restoration.csv", lambda r, row: next(x[f"acc_{row['split']}"] for x in r["restore"] if x["ratio"] == float(row["ratio"])))
+    assert len(t4) == 3 * 2 * 2
+    t3 = check("table3_update_share.csv", lambda r, row: r["update_share"][row["top_percent"]])
+    assert len(t3) == 3 * 7
+    metric = {"Acc_test": lambda r: r["acc_test"], "Acc_testood": lambda r: r["acc_testood"],
+              "Acc D_test-4": lambda r: r["acc_test_level"][4], "KL on D_test-4": lambda r: r["kl_test4"]}
+    assert len(check("figure2_acc_vs_size.csv", lambda r, row: metric[row["metric"]](r))) == 3 * 2
+    assert len(check("figure4_5_acc_test4_kl.csv", lambda r, row: metric[row["metric"]](r))) == 3 * 2
+
+    cells = _csv(out / "cells.csv")
+    assert [(c["bucket"], c["size"], c["status"]) for c in cells] == [("d0", "20", "done"), ("d0", "60", "failed"), ("d4", "20", "done"), ("d4", "60", "done")]
+    assert cells[1]["error"].startswith("data.size=60 is larger than the bucket, which holds 52 facts")
+    md = (out / "report.md").read_text()
+    assert "3 of 4 jobs finished" in md and "| 1 | failed |" in md and "failed (job 1)" in md and "Paper comparison: none" in md
+    assert f"| D-4 | 60 | {results[('d4', 60)]['acc_test']:.2f} | {results[('d4', 60)]['acc_testood']:.2f} | 1 |" in md
