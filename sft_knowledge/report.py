@@ -27,6 +27,7 @@ import re
 import shutil
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,16 +182,9 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         status = row["status"] if results is not None or row["status"] != "done" else "results missing"
         jobs.append(Job(row["job"], status, config, results, row.get("error", ""), overrides or []))
     if not any(j.results for j in jobs):
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(_count(j.status for j in jobs).items()))
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(j.status for j in jobs).items()))
         raise ReportError(f"no finished run in {sweep_dir}: {len(jobs)} jobs ({counts})")
     return jobs
-
-
-def _count(items) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for x in items:
-        out[x] = out.get(x, 0) + 1
-    return out
 
 
 def group_cells(jobs: list[Job]) -> list[Cell]:

@@ -88,7 +88,8 @@ def test_corrupt_cache_entry_is_reported_and_left_alone(smoke_cache, tmp_path):
 
 
 def test_offline_tracking_writes_wandb_run_and_metrics(smoke_cache, tmp_path):
-    run_cli("logger.mode=offline", "logger.log_predictions=true", "restore.ratios=[0,20]", output_dir=tmp_path, cache_dir=smoke_cache)
+    run_cli("logger.mode=offline", "logger.log_predictions=true", "restore.ratios=[0,20]", "eval.max_per_level=20",
+            output_dir=tmp_path, cache_dir=smoke_cache)
     [r] = _results(tmp_path)
     run_dir = tmp_path / "runs" / r["run_key"]
     [offline] = list((run_dir / "wandb").glob(f"offline-run-*-{r['run_key']}"))

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT, run_cli
 from sft_knowledge.config import digest
-from sft_knowledge.report import Paper, write_report
+from sft_knowledge.report import Paper, main, write_report
 
 FIGURES = ("figure2_acc_vs_size.png", "figure4_acc_test4.png", "figure5_kl.png")
 TABLES = ("cells.csv", "figure2_acc_vs_size.csv", "table2_bucket_x_level.csv", "figure4_5_acc_test4_kl.csv",
@@ -108,7 +108,7 @@ def _report_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sft_knowledge.report", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_bad_input_is_one_line_and_exit_1(tmp_path):
+def test_bad_input_is_one_line_and_exit_1(tmp_path, monkeypatch):
     not_sweep = tmp_path / "plain"
     not_sweep.mkdir()
     only_failed = make_sweep(tmp_path, [(_config("d0", 60), "DataError: too small")])
@@ -118,6 +118,9 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path):
         proc = _report_cli(str(target))
         assert proc.returncode == 1 and proc.stderr.startswith(message) and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert not (only_failed / "report").exists()
+    monkeypatch.chdir(tmp_path)  # no outputs/sweeps here: `make report` without SWEEP has nothing to report
+    with pytest.raises(SystemExit, match="error: no sweep under outputs/sweeps"):
+        main([])
 
 
 @pytest.mark.slow
