@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke test test-fast bench wandb-sync clean clean-all
+.PHONY: help install run smoke test test-fast bench report wandb-sync clean clean-all
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-fast: install ## Tests without the end-to-end runs
 
 bench: install ## Speed and memory of `make run`, cold and warm, measured against its budget
 	$(PY) benchmarks/bench_make_run.py
+
+report: install ## The paper's tables and figures from a sweep into <sweep>/report/ (SWEEP=dir; default: the latest)
+	$(PY) -m sft_knowledge.report $(SWEEP)
 
 wandb-sync: install ## Upload offline W&B runs under outputs/ (needs network and `wandb login`)
 	@find outputs -type d -name 'offline-run-*' -print0 | xargs -0 -r $(VENV)/bin/wandb sync

@@ -75,6 +75,7 @@ class LoggerConfig:
     entity: Any = None
     group: Any = None  # W&B group; a sweep sets it to the sweep's name
     tags: list[str] = field(default_factory=list)
+    log_predictions: bool = False  # also log every evaluated fact's answer as a W&B table (eval/predictions)
 
 
 @dataclass

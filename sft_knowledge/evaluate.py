@@ -8,7 +8,7 @@ result says which levels the mean was taken over.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .data.facts import Fact, KnowledgeBase, is_correct
 from .decoding import generate, qa_prompt
@@ -28,13 +28,14 @@ class LevelAccuracy:
     n_level: list[int]
     acc: float | None  # macro mean over the levels that have facts
     over_levels: list[int]
+    generations: list[str] = field(default_factory=list, repr=False)  # every answer, level by level (predictions table)
 
     @classmethod
-    def from_hits(cls, hits_by_level: list[list[bool]]) -> LevelAccuracy:
+    def from_hits(cls, hits_by_level: list[list[bool]], generations: list[str] | None = None) -> LevelAccuracy:
         acc_level = [100.0 * sum(h) / len(h) if h else None for h in hits_by_level]
         over = [lv for lv, a in enumerate(acc_level) if a is not None]
         macro = sum(acc_level[lv] for lv in over) / len(over) if over else None
-        return cls(acc_level, [len(h) for h in hits_by_level], macro, over)
+        return cls(acc_level, [len(h) for h in hits_by_level], macro, over, generations or [])
 
 
 def level_subsets(facts: list[Fact], levels: list[int], cap: int | None, seed: int) -> list[list[Fact]]:
@@ -47,17 +48,22 @@ def level_subsets(facts: list[Fact], levels: list[int], cap: int | None, seed: i
     return by_level
 
 
+def answer(model, tokenizer, facts: list[Fact], cfg: EvalConfig) -> list[str]:
+    """The model's greedy answer to each fact's question."""
+    return generate(model, tokenizer, [qa_prompt(f.question) for f in facts], cfg.max_new_tokens, 0.0, cfg.batch_size)
+
+
 def answer_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: EvalConfig) -> list[bool]:
-    texts = generate(model, tokenizer, [qa_prompt(f.question) for f in facts], cfg.max_new_tokens, 0.0, cfg.batch_size)
-    return [is_correct(t, kb.answers(f)) for t, f in zip(texts, facts)]
+    return [is_correct(t, kb.answers(f)) for t, f in zip(answer(model, tokenizer, facts, cfg), facts)]
 
 
 def accuracy(model, tokenizer, kb: KnowledgeBase, by_level: list[list[Fact]], cfg: EvalConfig) -> LevelAccuracy:
     """One batched decoding pass over all levels, then per-level accuracy."""
     flat = [f for fs in by_level for f in fs]
-    hits = answer_hits(model, tokenizer, kb, flat, cfg)
+    texts = answer(model, tokenizer, flat, cfg)
+    hits = [is_correct(t, kb.answers(f)) for t, f in zip(texts, flat)]
     grouped, start = [], 0
     for fs in by_level:
         grouped.append(hits[start : start + len(fs)])
         start += len(fs)
-    return LevelAccuracy.from_hits(grouped)
+    return LevelAccuracy.from_hits(grouped, texts)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .cache import Cache
 from .config import Config
-from .data.facts import SPLITS, Fact, KnowledgeBase
+from .data.facts import SPLITS, Fact, KnowledgeBase, is_correct
 from .data.sampling import DataError, balanced_subset, bucket_facts
 from .data.synthetic import SyntheticWorld, build_world
 from .decoding import next_token_logits, qa_prompt
@@ -30,9 +30,11 @@ from .kl import kl_stats, topk_renormalised_kl
 from .models import build_tiny_world, load, tiny_world_spec
 from .probe import ProbeConfig, ProbeResult, probe
 from .restore import restore_into, restore_layers, select_thresholds
+from .tracking import Tracker
 from .train import sft
 
 UPDATE_SHARE_RATIOS = (1, 3, 5, 10, 20, 40, 60)  # paper Table 3
+PREDICTION_COLUMNS = ["split", "level", "relation", "question", "answer", "prediction", "correct"]
 
 
 @dataclass
@@ -83,10 +85,10 @@ def token_kl(model, tokenizer, ft_prompts: list[str], base_logits: torch.Tensor,
     return topk_renormalised_kl(next_token_logits(model, tokenizer, ft_prompts), base_logits, top_k)
 
 
-def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
-    """Run every stage for `cfg`; return the results record (accuracies in percent)."""
+def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any]:
+    """Run every stage for `cfg`, logging through `tracker`; return the results record (accuracies in percent)."""
     timer = Timer()
-    log = tracker.log if tracker is not None else (lambda *a, **k: None)
+    log = tracker.log
     hits: dict[str, bool] = {}
 
     with timer("world"):
@@ -145,6 +147,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
         ft_state = _state(model)
         train_log = json.loads((ft_dir / "train_log.json").read_text())
     kl_at = {point["step"]: point["kl_mean"] for point in train_log["kl_curve"]}
+    n_steps = len(train_log["loss"])
     for step, (loss, step_lr) in enumerate(zip(train_log["loss"], train_log["lr"]), start=1):  # W&B steps only increase
         log({"train/loss": loss, "train/lr": step_lr} | ({"kl/curve_mean": kl_at[step]} if step in kl_at else {}), step=step)
 
@@ -158,6 +161,10 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
     with timer("kl"):
         kl_values = token_kl(model, tokenizer, ft_prompts, base_logits, cfg.kl.top_k)
         kl = kl_stats(kl_values)
+    kl_final = {f"kl/{k}": getattr(kl, k) for k in ("mean", "median", "p90")} if kl is not None else {}
+    log(_level_metrics("eval", acc) | {"eval/acc_train": acc_train} | kl_final, step=n_steps)  # after the last SFT step
+    if cfg.logger.log_predictions:
+        tracker.table("eval/predictions", PREDICTION_COLUMNS, _predictions(kb, eval_sets, acc))
 
     restore_records, block_records = [], []
     with timer("restore"):
@@ -168,6 +175,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
         selections = select_thresholds(base_state, ft_state, sorted(set(ratios + extra)), region, strategy, seed)
         top = selections if strategy == "top" else select_thresholds(base_state, ft_state, list(UPDATE_SHARE_RATIOS), region, "top", seed)
         update_share = {str(r): round(100 * top[r].change_share, 2) for r in UPDATE_SHARE_RATIOS}
+        tracker.define_axis("restore/*", "restore/ratio")  # W&B charts restoration against the ratio, not the step
         for ratio in tqdm(ratios, desc="restoration", disable=len(ratios) < 3):
             sel = selections[ratio]
             if sel.k == 0:
@@ -180,7 +188,10 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
                 "change_share": round(100 * sel.change_share, 2), "per_tensor": sel.per_tensor,
                 **_acc_fields(restored),
             })
-            log({f"restore/{k}": v for k, v in _acc_fields(restored).items() if k in ("acc_test", "acc_testood")} | {"restore/ratio": ratio})
+            log(_level_metrics("restore", restored) | {"restore/ratio": ratio})
+        tracker.table("restore/acc_vs_ratio", ["ratio", "split", "accuracy"],
+                      [[r["ratio"], split, r[f"acc_{split}"]] for split in ("test", "testood") for r in restore_records],
+                      line={"x": "ratio", "y": "accuracy", "stroke": "split", "title": f"Accuracy (%) against restored parameters (%, {strategy})"})
         n_layers = model.config.num_hidden_layers
         size = cfg.restore.layer_block_size
         for first in range(0, n_layers, size) if size > 0 else []:
@@ -210,6 +221,25 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
 def curve_steps(total: int, points: int) -> set[int]:
     """Optimizer steps after which the KL curve is measured: `points` evenly spaced, the last one included."""
     return {max(1, round(i * total / points)) for i in range(1, points + 1)} if points > 0 else set()
+
+
+def _level_metrics(prefix: str, acc: dict[str, LevelAccuracy]) -> dict[str, float]:
+    """Scalars for W&B: `<prefix>/acc_<split>` (macro) and `<prefix>/acc_<split>/D-<level>`; empty levels left out."""
+    out: dict[str, float] = {}
+    for split, a in acc.items():
+        values = {f"{prefix}/acc_{split}": a.acc} | {f"{prefix}/acc_{split}/D-{lv}": x for lv, x in enumerate(a.acc_level)}
+        out |= {k: round(v, 2) for k, v in values.items() if v is not None}
+    return out
+
+
+def _predictions(kb: KnowledgeBase, eval_sets: dict[str, list[list[Fact]]], acc: dict[str, LevelAccuracy]) -> list[list[Any]]:
+    """One row per evaluated fact (PREDICTION_COLUMNS): what the fine-tuned model answered, and whether it counts."""
+    rows = []
+    for split, by_level in eval_sets.items():
+        facts = [(lv, f) for lv, fs in enumerate(by_level) for f in fs]
+        for (lv, f), text in zip(facts, acc[split].generations, strict=True):
+            rows.append([split, f"D-{lv}", f.relation, f.question, f.object, text, is_correct(text, kb.answers(f))])
+    return rows
 
 
 def _acc_fields(acc: dict[str, LevelAccuracy]) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
         record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(), **results}
         tracker.summary({k: record[k] for k in ("acc_test", "acc_testood", "acc_train", "kl_test4")})
         _write_atomic(results_path, json.dumps(record, indent=1))
+        tracker.artifact(results_path, f"results-{key}", "results")
     mark("done")
     return record
 

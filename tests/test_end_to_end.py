@@ -88,9 +88,31 @@ def test_corrupt_cache_entry_is_reported_and_left_alone(smoke_cache, tmp_path):
 
 
 def test_offline_tracking_writes_wandb_run_and_metrics(smoke_cache, tmp_path):
-    run_cli("logger.mode=offline", "restore.ratios=[0,20]", output_dir=tmp_path, cache_dir=smoke_cache)
+    run_cli("logger.mode=offline", "logger.log_predictions=true", "restore.ratios=[0,20]", "eval.max_per_level=20",
+            output_dir=tmp_path, cache_dir=smoke_cache)
     [r] = _results(tmp_path)
     run_dir = tmp_path / "runs" / r["run_key"]
-    assert list((run_dir / "wandb").glob("offline-run-*"))
-    keys = set().union(*(json.loads(line).keys() for line in (run_dir / "metrics.jsonl").read_text().splitlines()))
-    assert {"train/loss", "train/lr", "kl/curve_mean", "restore/acc_test", "restore/ratio"} <= keys
+    [offline] = list((run_dir / "wandb").glob(f"offline-run-*-{r['run_key']}"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    scalars = {k: v for rec in records if "step" in rec for k, v in rec.items()}  # the last value of each metric
+    assert {"train/loss", "train/lr", "kl/curve_mean", "kl/mean", "eval/acc_train", "restore/acc_test", "restore/ratio"} <= set(scalars)
+    assert [rec["train/loss"] for rec in records if "train/loss" in rec] == r["train_loss"]
+    assert [rec["step"] for rec in records if "kl/curve_mean" in rec] == [p["step"] for p in r["kl_curve"]]
+    [final] = [rec for rec in records if "eval/acc_test" in rec]
+    for split in ("test", "testood"):
+        assert final[f"eval/acc_{split}"] == r[f"acc_{split}"]
+        assert {k: v for k, v in final.items() if k.startswith(f"eval/acc_{split}/")} == {
+            f"eval/acc_{split}/D-{lv}": a for lv, a in enumerate(r[f"acc_{split}_level"]) if a is not None}
+    tables = {rec["table"]: rec for rec in records if "table" in rec}
+    assert tables["restore/acc_vs_ratio"]["data"] == [[x["ratio"], s, x[f"acc_{s}"]] for s in ("test", "testood") for x in r["restore"]]
+    assert tables["restore/acc_vs_ratio"]["line"]["x"] == "ratio"
+    # The predictions table (logger.log_predictions) holds every evaluated fact and gives back the accuracy per level.
+    rows = tables["eval/predictions"]["data"]
+    for split in ("test", "testood"):
+        for lv in range(5):
+            hits = [row[-1] for row in rows if row[0] == split and row[1] == f"D-{lv}"]
+            assert len(hits) == r[f"n_{split}_level"][lv]
+            assert (round(100 * sum(hits) / len(hits), 2) if hits else None) == r[f"acc_{split}_level"][lv]
+    assert [rec for rec in records if "artifact" in rec] == [{"artifact": f"results-{r['run_key']}", "type": "results", "path": str(run_dir / "results.json")}]
+    stored = [p.relative_to(offline / "files" / "media" / "table").as_posix() for p in offline.glob("files/media/table/**/*.table.json")]
+    assert any(t.startswith("restore/acc_vs_ratio_table_") for t in stored) and any(t.startswith("eval/predictions_") for t in stored)
