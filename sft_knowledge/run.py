@@ -24,7 +24,7 @@ from .cache import Cache, CacheError
 from .config import NON_SEMANTIC, Config, ConfigError, register, run_key, validate
 from .data.sampling import DataError
 from .provenance import provenance
-from .summary import run_summary, sweep_summary
+from .summary import run_summary, sweep_rows, sweep_summary
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPECTED_ERRORS = (ConfigError, DataError, CacheError)
@@ -51,7 +51,8 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
 
     def mark(status: str) -> None:  # the job directory points at the run, so sweeps can be summarised
         if job_dir is not None:
-            _write_atomic(job_dir / "run.json", json.dumps({"run_key": key, "run_dir": str(run_dir.resolve()), "status": status}))
+            slurm = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {}
+            _write_atomic(job_dir / "run.json", json.dumps({"run_key": key, "run_dir": str(run_dir.resolve()), "status": status, **slurm}))
 
     if results_path.exists():
         print(f"run {key} is already done: {results_path}")
@@ -103,6 +104,8 @@ class SweepSummary(Callback):
             table = sweep_summary(sweep_dir)
             (sweep_dir / "summary.txt").write_text(table + "\n")
             print(table)
+            # Cells that ran in other processes (submitit) failed there: count them here for the exit code.
+            _failures[:] = [row.get("error", row["status"]) for row in sweep_rows(sweep_dir) if row["status"] != "done"]
 
 
 def _check_group_options(argv: list[str]) -> None:
