@@ -57,6 +57,7 @@ SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=slurm
 AuthType=auth/munge
 CredType=cred/munge
+AuthInfo=cred_expire=10    # a requeued job may start again after this many seconds (default 120)
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

@@ -65,7 +65,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
                       entity=cfg.logger.entity)
     with tracker:
         results = run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker)
-        record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(), **results}
+        record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(run_dir), **results}
         tracker.summary({k: record[k] for k in ("acc_test", "acc_testood", "acc_train", "kl_test4")})
         _write_atomic(results_path, json.dumps(record, indent=1))
     mark("done")
@@ -104,8 +104,10 @@ class SweepSummary(Callback):
             table = sweep_summary(sweep_dir)
             (sweep_dir / "summary.txt").write_text(table + "\n")
             print(table)
-            # Cells that ran in other processes (submitit) failed there: count them here for the exit code.
-            _failures[:] = [row.get("error", row["status"]) for row in sweep_rows(sweep_dir) if row["status"] != "done"]
+            # The exit code says whether every cell finished, wherever the cells ran (here, or as SLURM jobs).
+            failed = [row for row in sweep_rows(sweep_dir) if row["status"] != "done"]
+            if failed:
+                sys.exit(f"error: {len(failed)} cell(s) failed; see python -m sft_knowledge.status {sweep_dir}")
 
 
 def _check_group_options(argv: list[str]) -> None:
