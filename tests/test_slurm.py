@@ -143,9 +143,11 @@ def test_requeue_in_the_middle_of_sft_finishes_with_the_same_metrics(sweep_2x2, 
     subprocess.run(["scontrol", "requeue", job], check=True)
     assert _finished(driver) == "COMPLETED"
 
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*_0/*_0_log.*"))
+    assert len(re.findall(r"submitit INFO .* - Starting with", logs)) == 3  # the first start and two requeues
     r = _results(sweep, 0)
-    assert r["provenance"]["slurm"]["SLURM_RESTART_COUNT"] == "2"
-    assert r["sft_resumed_at"][0] == 1  # then from step 2, unless SFT was published before SLURM killed it
+    # Resumed from step 1, then from step 2 unless the second start had finished SFT before SLURM killed it.
+    assert r["sft_resumed_at"] in ([1], [1, 2])
     reference = _results(sweep_2x2["sweep"], 0)  # the same cell, never interrupted
     assert r["run_key"] == reference["run_key"]
     for key in METRICS:
