@@ -48,12 +48,14 @@ def cell_states(sweep_dir: Path) -> list[dict]:
     """One record per planned cell: job number, overrides, state and a detail line."""
     sweep_dir = Path(sweep_dir)
     queue = slurm_queue()
-    rows = []
-    for job, overrides in enumerate(planned_cells(sweep_dir)):
+    rows, cells = [], planned_cells(sweep_dir)
+    folders = [p.name for p in (sweep_dir / ".submitit").glob("*") if p.is_dir()]
+    for job, overrides in enumerate(cells):
         run_json = sweep_dir / str(job) / "run.json"
         info = json.loads(run_json.read_text()) if run_json.exists() else {}
         results = Path(info["run_dir"]) / "results.json" if "run_dir" in info else None
-        submitted = sorted(p.name for p in (sweep_dir / ".submitit").glob(f"*_{job}") if p.is_dir())
+        # submitit's folder of the cell: `<array id>_<job>`, or the plain job id when the sweep has one cell
+        submitted = sorted(f for f in folders if f.endswith(f"_{job}") or (f.isdigit() and len(cells) == 1))
         # submitit's log of the job holds its stderr (errors, tracebacks); Hydra's job log otherwise
         log = sweep_dir / ".submitit" / submitted[-1] / f"{submitted[-1]}_0_log.err" if submitted else sweep_dir / str(job) / "run.log"
         if results is not None and results.exists():
