@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke test test-fast bench report wandb-sync clean clean-all
+.PHONY: help install run smoke test test-fast test-slurm slurm-up slurm-down bench report wandb-sync clean clean-all
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,15 @@ test: install ## All tests (the CI command)
 
 test-fast: install ## Tests without the end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
+
+test-slurm: install ## Only the tests against a real single-node SLURM (started and stopped by the tests)
+	$(PY) -m pytest -q -m slurm
+
+slurm-up: ## Install (apt-get, once) and start a single-node SLURM on this machine (root, Debian)
+	launchers/local_slurm.sh up
+
+slurm-down: ## Stop the SLURM daemons that `make slurm-up` started
+	launchers/local_slurm.sh down
 
 bench: install ## Speed and memory of `make run`, cold and warm, measured against its budget
 	$(PY) benchmarks/bench_make_run.py

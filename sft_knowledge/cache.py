@@ -3,7 +3,9 @@
 An entry is built in a temporary directory and published by one atomic rename; its `DONE.json`
 (the producing config and the size of every file) is written last. A directory without a valid
 `DONE.json`, or whose files do not match it, is reported, never silently rebuilt over or used.
-A file lock makes concurrent builders of one entry (cells of a sweep) wait for the first.
+A file lock (flock, which also holds across the nodes of an NFS file system) makes concurrent builders
+of one entry, such as the cells of a job array, wait for the first; a builder killed mid-way (a
+requeued job) releases it, and its successor can resume from `work_dir`.
 """
 from __future__ import annotations
 
@@ -49,6 +51,10 @@ class Cache:
     def entry(self, kind: str, spec: Any) -> Path:
         return self.root / kind / digest(spec, 16)
 
+    def work_dir(self, kind: str, spec: Any) -> Path:
+        """Scratch space that outlives a killed builder (SFT checkpoints); removed once the entry is published."""
+        return self.root / kind / f".work-{digest(spec, 16)}"
+
     def get_or_build(self, kind: str, spec: Any, build: Callable[[Path], None]) -> tuple[Path, bool]:
         """Path of the entry for `spec`, building it with `build(tmp_dir)` if missing. Returns (path, hit)."""
         path = self.entry(kind, spec)
@@ -65,6 +71,7 @@ class Cache:
                 marker = {"kind": kind, "spec": spec if not hasattr(spec, "__dataclass_fields__") else repr(spec), "files": _manifest(tmp)}
                 (tmp / MARKER).write_text(json.dumps(marker, indent=1, default=str))
                 os.replace(tmp, path)
+                shutil.rmtree(self.work_dir(kind, spec), ignore_errors=True)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return path, False

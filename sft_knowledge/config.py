@@ -18,7 +18,7 @@ from .evaluate import EvalConfig
 from .pretrain import PretrainConfig
 from .probe import ESTIMATORS, ProbeConfig
 from .restore import REGIONS, STRATEGIES
-from .train import TrainConfig
+from .train import CheckpointConfig, TrainConfig
 
 PAPER_SIZES = (60, 120, 240, 480, 960, 1920)
 BUCKETS = ("all", "d0", "d1", "d2", "d3", "d4")
@@ -86,6 +86,15 @@ class PathsConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What one cell asks the cluster for (conf/resources/; a model's config picks its preset)."""
+    gpus: int = 0  # GPUs on the one node of a cell
+    cpus: int = 1  # CPU cores (also the threads torch uses)
+    mem_gb: int = 4
+    timeout_min: int = 60  # wall time; a cell that hits it is checkpointed and requeued
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -96,12 +105,14 @@ class Config:
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     seed: int = 0  # SFT initialisation and data order
     name: str = "run"  # free label (not part of the run key)
 
 
-# What identifies a run: everything but logging, paths and labels (Dora's "exclude" list).
-NON_SEMANTIC = ("logger", "paths", "name")
+# What identifies a run: everything but logging, paths, labels, checkpointing and cluster resources (Dora's "exclude" list).
+NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources")
 
 
 def digest(obj: Any, n: int = 12) -> str:
@@ -141,6 +152,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.restore.layer_block_size >= 0, "restore.layer_block_size", cfg.restore.layer_block_size, "an integer >= 0")
     _check(cfg.kl.level in range(5), "kl.level", cfg.kl.level, "0..4")
     _check(cfg.kl.base_prompt in ("mapping", "qa"), "kl.base_prompt", cfg.kl.base_prompt, "mapping, qa")
+    _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "an integer >= 0")
+    _check(cfg.checkpoint.debug_pause_s >= 0, "checkpoint.debug_pause_s", cfg.checkpoint.debug_pause_s, "a number >= 0")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))
     _check(cfg.model.source == "tiny_world", "model.source", cfg.model.source, "tiny_world")
 

@@ -129,17 +129,20 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
     }
 
     def fine_tune(tmp: Path) -> None:
-        kl_curve = []
+        def on_step(step: int, steps: int, loss: float, step_lr: float) -> dict | None:
+            if not (kl_facts and step in curve_steps(steps, cfg.kl.curve_points)):
+                return None
+            kl_mean = token_kl(model, tokenizer, ft_prompts, base_logits, cfg.kl.top_k).mean().item()
+            model.train()
+            return {"kl_mean": kl_mean}
 
-        def on_step(step: int, steps: int, loss: float, step_lr: float) -> None:
-            if kl_facts and step in curve_steps(steps, cfg.kl.curve_points):
-                kl_curve.append({"step": step, "kl_mean": token_kl(model, tokenizer, ft_prompts, base_logits, cfg.kl.top_k).mean().item()})
-                model.train()
-
-        train_log = sft(model, tokenizer, train_facts, cfg.train, lr, cfg.seed, on_step)
+        # Checkpoints live beside the entry, keyed like it: a requeued job resumes this very SFT.
+        train_log = asdict(sft(model, tokenizer, train_facts, cfg.train, lr, cfg.seed, on_step,
+                               cache.work_dir("sft", sft_spec), cfg.checkpoint))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "train_log.json").write_text(json.dumps({**asdict(train_log), "kl_curve": kl_curve}))
+        train_log["kl_curve"] = train_log.pop("events")
+        (tmp / "train_log.json").write_text(json.dumps(train_log))
 
     with timer("sft"):
         ft_dir, hits["sft"] = cache.get_or_build("sft", sft_spec, fine_tune)
@@ -212,6 +215,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
         "restore_blocks": block_records,
         "update_share": update_share,
         "train_loss": train_log["loss"],
+        "sft_resumed_at": train_log.get("resumed_at", []),  # steps a requeued SFT resumed from a checkpoint at
         "cache_hits": hits,
         "timings": timer.seconds,
     }

@@ -24,7 +24,7 @@ from .cache import Cache, CacheError
 from .config import NON_SEMANTIC, Config, ConfigError, register, run_key, validate
 from .data.sampling import DataError
 from .provenance import provenance
-from .summary import run_summary, sweep_summary
+from .summary import run_summary, sweep_rows, sweep_summary
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPECTED_ERRORS = (ConfigError, DataError, CacheError)
@@ -51,7 +51,8 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
 
     def mark(status: str) -> None:  # the job directory points at the run, so sweeps can be summarised
         if job_dir is not None:
-            _write_atomic(job_dir / "run.json", json.dumps({"run_key": key, "run_dir": str(run_dir.resolve()), "status": status}))
+            slurm = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {}
+            _write_atomic(job_dir / "run.json", json.dumps({"run_key": key, "run_dir": str(run_dir.resolve()), "status": status, **slurm}))
 
     if results_path.exists():
         print(f"run {key} is already done: {results_path}")
@@ -64,7 +65,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
                       entity=cfg.logger.entity)
     with tracker:
         results = run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker)
-        record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(), **results}
+        record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(run_dir), **results}
         tracker.summary({k: record[k] for k in ("acc_test", "acc_testood", "acc_train", "kl_test4")})
         _write_atomic(results_path, json.dumps(record, indent=1))
         tracker.artifact(results_path, f"results-{key}", "results")
@@ -104,6 +105,10 @@ class SweepSummary(Callback):
             table = sweep_summary(sweep_dir)
             (sweep_dir / "summary.txt").write_text(table + "\n")
             print(table)
+            # The exit code says whether every cell finished, wherever the cells ran (here, or as SLURM jobs).
+            failed = [row for row in sweep_rows(sweep_dir) if row["status"] != "done"]
+            if failed:
+                sys.exit(f"error: {len(failed)} cell(s) failed; see python -m sft_knowledge.status {sweep_dir}")
 
 
 def _check_group_options(argv: list[str]) -> None:

@@ -3,13 +3,23 @@
 Prompt `{bos}<|question|> {q} <|answer|>`, target ` {a}{eos}`, loss on the target tokens only
 (the paper is silent; LLaMA-Factory, which its template matches, masks the prompt). AdamW, cosine
 schedule, 1 epoch, batch 8 as in the paper; warm-up and weight decay default to 0 (not stated).
+
+Given a checkpoint directory, SFT is resumable: model, optimizer, step, RNG, data order and the
+training log are saved every `checkpoint.every` steps and when SLURM or submitit signals the job
+(SIGTERM, SIGUSR2), and a later call with the same directory continues from there with the same result.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -32,10 +42,56 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When SFT saves its state (not part of the run key: it never changes the result)."""
+    every: int = 50  # optimizer steps between checkpoints (0: only when the job is signalled)
+    debug_pause_s: float = 0.0  # tests: wait after each periodic checkpoint (a window to interrupt SFT), ended by a signal
+
+
+@dataclass
 class TrainLog:
     loss: list[float]  # per optimizer step
     lr: list[float]
     steps: int
+    events: list[dict] = field(default_factory=list)  # what on_step returned, with its step
+    resumed_at: list[int] = field(default_factory=list)  # steps this SFT was resumed from a checkpoint at
+
+
+class DeferredSignals:
+    """Holds SIGTERM (SLURM stops the job) and SIGUSR2 (submitit: preemption or time-out) until the current
+    step ends, so the checkpoint saved for them is consistent; `forward` then hands them to the handler that
+    was there before (submitit's requeues the job and exits; the default one terminates)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __enter__(self) -> DeferredSignals:
+        self.caught: list[int] = []
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {s: signal.signal(s, lambda signum, frame: self.caught.append(signum)) for s in self.SIGNALS}
+        return self
+
+    def forward(self) -> None:
+        caught, self.caught = self.caught, []
+        for signum in caught:
+            handler = self.previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a job killed while saving leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -65,9 +121,13 @@ def sft(
     cfg: TrainConfig,
     lr: float,
     seed: int,
-    on_step: Callable[[int, int, float, float], None] | None = None,
+    on_step: Callable[[int, int, float, float], dict | None] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint: CheckpointConfig | None = None,
 ) -> TrainLog:
-    """Fine-tune `model` in place. `on_step(step, total, loss, lr)` runs after every optimizer step."""
+    """Fine-tune `model` in place. `on_step(step, total, loss, lr)` runs after every optimizer step; a dict
+    it returns is kept in the log's `events`. With `checkpoint_dir`, resume from its checkpoint if any."""
+    checkpoint = checkpoint or CheckpointConfig()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     prompts = encode_prompts(tokenizer, [qa_prompt(f.question) for f in facts])
@@ -84,21 +144,42 @@ def sft(
     warmup = round(cfg.warmup_ratio * total)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    log = TrainLog([], [], total)
+    log, start = TrainLog([], [], total), 0
+    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        order, start, log = state["order"], state["step"], TrainLog(**state["log"])
+        log.resumed_at.append(start)
     model.train()
-    for step in tqdm(range(total), desc=f"SFT on {len(facts)} facts", mininterval=5, disable=total < 50):
-        batch = _batch([examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], pad)
-        step_lr = cosine_lr(step, total, lr, warmup)
-        for g in opt.param_groups:
-            g["lr"] = step_lr
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        log.loss.append(loss.item())
-        log.lr.append(step_lr)
-        if on_step is not None:
-            on_step(step + 1, total, log.loss[-1], step_lr)
+    with DeferredSignals() as signals:
+        for step in tqdm(range(start, total), desc=f"SFT on {len(facts)} facts", mininterval=5, disable=total < 50):
+            batch = _batch([examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], pad)
+            step_lr = cosine_lr(step, total, lr, warmup)
+            for g in opt.param_groups:
+                g["lr"] = step_lr
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            log.loss.append(loss.item())
+            log.lr.append(step_lr)
+            event = on_step(step + 1, total, log.loss[-1], step_lr) if on_step is not None else None
+            if event is not None:
+                log.events.append({"step": step + 1, **event})
+            periodic = checkpoint.every > 0 and (step + 1) % checkpoint.every == 0 and step + 1 < total
+            if ckpt_path is not None and (periodic or signals.caught):
+                _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                                  "order": order, "step": step + 1, "log": asdict(log)})
+                deadline = time.time() + (checkpoint.debug_pause_s if periodic else 0)
+                while time.time() < deadline and not signals.caught:
+                    time.sleep(0.1)
+            signals.forward()
     model.eval()
     return log

@@ -47,3 +47,20 @@ def smoke_cache(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke")
     run_cli(output_dir=out / "warmup", cache_dir=out / "cache")
     return out / "cache"
+
+
+@pytest.fixture(scope="session")
+def local_slurm():
+    """A real single-node SLURM for this session (launchers/local_slurm.sh), stopped at the end if this
+    session started it. Where it cannot run (not root, not Debian, packages not installable) the tests
+    that use it are skipped, with the reason."""
+    script = str(ROOT / "launchers" / "local_slurm.sh")
+    for step in ("can-run", "install"):
+        proc = subprocess.run([script, step], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.skip(f"no local SLURM: {(proc.stdout + proc.stderr).strip().splitlines()[-1]}")
+    was_up = subprocess.run([script, "status"], capture_output=True).returncode == 0
+    subprocess.run([script, "up"], check=True, timeout=300)
+    yield
+    if not was_up:
+        subprocess.run([script, "down"], check=True, timeout=120)

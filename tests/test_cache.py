@@ -1,5 +1,8 @@
 """The artifact cache: built once, published atomically, damage reported and never overwritten."""
 import json
+import multiprocessing
+import os
+import time
 
 import pytest
 
@@ -55,3 +58,24 @@ def test_truncated_file_is_reported(tmp_path):
     (path / "weights.bin").write_bytes(b"x" * 10)
     with pytest.raises(CacheError, match="weights.bin has 10 bytes, expected 100"):
         cache.get_or_build("sft", {"a": 1}, _writer([]))
+
+
+def _build_in_another_process(root: str, log: str) -> tuple[str, bool, int]:
+    def build(tmp):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # long enough for the other processes to arrive while it builds
+        (tmp / "weights.bin").write_bytes(b"x" * 1000)
+
+    path, hit = Cache(root).get_or_build("sft", {"a": 1}, build)
+    return str(path), hit, (path / "weights.bin").stat().st_size
+
+
+def test_concurrent_processes_build_an_entry_once(tmp_path):
+    """Cells of a job array are separate processes: one builds, the others wait and read the whole entry."""
+    log = tmp_path / "builds.log"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.starmap(_build_in_another_process, [(str(tmp_path / "cache"), str(log))] * 4)
+    assert len(log.read_text().split()) == 1
+    assert len({path for path, _, _ in results}) == 1 and sorted(hit for _, hit, _ in results) == [False, True, True, True]
+    assert all(size == 1000 for _, _, size in results)

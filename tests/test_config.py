@@ -10,7 +10,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["model", "data", "mastery", "train", "eval", "kl", "restore", "logger", "experiment"])
+@pytest.mark.parametrize("group", ["model", "data", "mastery", "train", "eval", "kl", "restore", "logger", "resources", "experiment"])
 def test_every_group_option_composes_and_validates(group):
     assert _options(group), f"conf/{group} has no options"
     for option in _options(group):
@@ -54,3 +54,30 @@ def test_run_key_is_semantic():
     assert run_key(base) != run_key(_compose("seed=1"))
     assert run_key(base) != run_key(_compose("data.size=60"))
     assert run_key(base).startswith("tiny_world-all-240-")
+
+
+def test_two_sweeps_started_in_the_same_second_get_different_directories():
+    from hydra import compose, initialize_config_dir
+
+    def sweep_dir() -> str:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="config", return_hydra_config=True).hydra.sweep.dir
+
+    for _ in range(5):  # two sweeps within one second (retried if the clock ticked over between them)
+        a, b = sweep_dir(), sweep_dir()
+        if a[: -len("-123456_run")] == b[: -len("-123456_run")]:
+            break
+    assert a[: -len("-123456_run")] == b[: -len("-123456_run")] and a != b
+
+
+def test_slurm_profile_takes_resources_from_the_model_preset():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        launcher = compose(config_name="config", overrides=["hydra/launcher=slurm", "resources=gpu8"], return_hydra_config=True).hydra.launcher
+        launcher = OmegaConf.to_container(launcher, resolve=True)
+    assert (launcher["gpus_per_node"], launcher["cpus_per_task"], launcher["mem_gb"], launcher["nodes"]) == (8, 64, 512, 1)
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["setup"] == ["export OMP_NUM_THREADS=64"]
+    assert _compose("resources=gpu8").resources.gpus == 8
+    assert run_key(_compose("resources=gpu8", "checkpoint.every=7")) == run_key(_compose())  # not semantic

@@ -1,13 +1,16 @@
 """SFT: loss on answer tokens only, the paper's cosine schedule, and a loss that goes down."""
 import math
+import os
+import signal
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge.data.facts import Fact
 from sft_knowledge.decoding import encode_prompts, encode_targets, qa_prompt
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.train import IGNORE, TrainConfig, _batch, cosine_lr, sft
+from sft_knowledge.train import IGNORE, CheckpointConfig, TrainConfig, _batch, cosine_lr, sft
 
 FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
 
@@ -42,3 +45,47 @@ def test_sft_lowers_the_loss_and_reports_every_step():
     assert log.steps == 32 and len(log.loss) == 32 and [s[0] for s in seen] == list(range(1, 33))
     assert sum(log.loss[-4:]) < 0.5 * sum(log.loss[:4])
     assert log.lr[0] == 1e-2 and log.lr[-1] < 1e-4
+
+
+def _model(tok):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id))
+
+
+class Requeued(Exception):
+    """Stands for submitit's handler of SIGUSR2, which checkpoints the job, requeues it and exits."""
+
+
+def test_sft_saves_on_signal_and_resumes_to_the_same_result(tmp_path):
+    tok, cfg = _tok(), TrainConfig(epochs=2, batch_size=8)  # 8 steps
+    reference_model = _model(tok)
+    reference = sft(reference_model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, *a: {"seen": step})
+
+    previous = signal.signal(signal.SIGUSR2, lambda *a: (_ for _ in ()).throw(Requeued()))
+    try:
+        def preempt_at_step_3(step, *a):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGUSR2)  # arrives mid-run; SFT finishes the step, saves, then passes it on
+            return {"seen": step}
+
+        with pytest.raises(Requeued):
+            sft(_model(tok), tok, FACTS, cfg, lr=1e-2, seed=0, on_step=preempt_at_step_3, checkpoint_dir=tmp_path,
+                checkpoint=CheckpointConfig(every=0))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert torch.load(tmp_path / "checkpoint.pt")["step"] == 3
+
+    model = _model(tok)  # the requeued job starts again from the base model
+    resumed = sft(model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, *a: {"seen": step}, checkpoint_dir=tmp_path)
+    assert resumed.resumed_at == [3] and reference.resumed_at == []
+    assert resumed.loss == reference.loss and resumed.lr == reference.lr and resumed.events == reference.events
+    for (name, a), b in zip(reference_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_sft_checkpoints_periodically(tmp_path):
+    tok = _tok()
+    sft(_model(tok), tok, FACTS, TrainConfig(epochs=2, batch_size=8), lr=1e-2, seed=0, checkpoint_dir=tmp_path,
+        checkpoint=CheckpointConfig(every=3))
+    assert torch.load(tmp_path / "checkpoint.pt")["step"] == 6  # saved at 3 and 6; the last step (8) needs none
