@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv (if missing) and install the package with its pinned dependencies
 
-run: install ## The main job: the paper's grid at toy scale (sizes 60/240/960 x buckets D-0..D-4) on the embedded world
+run: install ## The main job: the paper's grid at toy scale (sizes 60/240/1,920 x buckets D-0..D-4) on the embedded world
 	$(PY) -m sft_knowledge.run experiment=toy_grid
 
 smoke: install ## One small end-to-end run (under a minute once cached)
