@@ -56,7 +56,7 @@ class SubsetConfig:
     """A small model on a large dataset: probe only a seeded subset, pre-screened so its levels are not all D-0."""
 
     candidates: Any = None  # facts per split drawn (balanced over relations) for the pre-screen; None: no subset
-    keep_per_level: int = 20  # per split, at most this many candidates of each pre-screen level are kept
+    keep: int = 60  # facts kept per split: half the best-ranked by the pre-screen, half spread over the rest
     n_map: int = 4  # templates of the likelihood pre-screen
 
 
@@ -174,7 +174,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.data.name in DATASETS, "data.name", cfg.data.name, ", ".join(DATASETS))
     cand = cfg.data.subset.candidates
     _check(cand is None or (isinstance(cand, int) and cand > 0), "data.subset.candidates", cand, "a positive integer or null")
-    _check(cfg.data.subset.keep_per_level > 0, "data.subset.keep_per_level", cfg.data.subset.keep_per_level, "a positive integer")
+    _check(cfg.data.subset.keep > 0, "data.subset.keep", cfg.data.subset.keep, "a positive integer")
 
 
 def register() -> None:

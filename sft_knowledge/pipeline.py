@@ -84,8 +84,6 @@ def load_base_model(cfg: Config, cache: Cache, world: SyntheticWorld | None) -> 
     if m.n_gpus > 1 and torch.cuda.device_count() < m.n_gpus:
         raise ModelError(f"model={m.name} needs {m.n_gpus} GPUs in one job (model.n_gpus); this machine has {torch.cuda.device_count()}")
     if m.source == "tiny_world":
-        if world is None:
-            raise ConfigError(f"model=tiny_world is pretrained on the synthetic world; with data={cfg.data.name} choose a real model, e.g. model=smollm2_135m")
         path, hit = build_tiny_world(cache, world, m.pretrain, cfg.data.world)
         return path, hit, tiny_world_spec(m.pretrain, cfg.data.world)
     if m.source == "smollm2_gguf":
@@ -101,7 +99,7 @@ def load_subset(cache: Cache, spec: dict, model, tokenizer, kb: KnowledgeBase, c
     sub = cfg.data.subset
 
     def build(tmp: Path) -> None:
-        kept, counts = prescreen(model, tokenizer, kb, sub.candidates, sub.keep_per_level, sub.n_map, cfg.mastery.temperature, cfg.data.seed)
+        kept, counts = prescreen(model, tokenizer, kb, sub.candidates, sub.keep, sub.n_map, cfg.mastery.temperature, cfg.data.seed)
         (tmp / "subset.json").write_text(json.dumps({"facts": facts_to_json(kept), "prescreen_counts": counts}))
 
     path, hit = cache.get_or_build("prescreen", spec, build)
@@ -139,6 +137,8 @@ def run_experiment(cfg: Config, cache: Cache, tracker=None) -> dict[str, Any]:
     log = tracker.log if tracker is not None else (lambda *a, **k: None)
     hits: dict[str, bool] = {}
 
+    if cfg.model.source == "tiny_world" and cfg.data.name != "synthetic":
+        raise ConfigError(f"model=tiny_world is pretrained on the synthetic world; with data={cfg.data.name} choose a real model, e.g. model=smollm2_135m")
     with timer("world"):
         kb, world, data_spec = load_data(cfg)
     with timer("base_model"):
