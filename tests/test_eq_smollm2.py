@@ -44,17 +44,12 @@ def test_smollm2_on_entityquestions_end_to_end(eq_run):
     assert "KL" in proc.stdout and "pre-screened subset" in proc.stdout
 
 
-def test_empty_bucket_and_another_kl_level_on_the_same_probe(eq_run):
+def test_training_on_an_empty_level_is_one_line_with_every_level_count(eq_run):
     r, _, out = eq_run
     counts = r["level_counts"]
-    empty = next((lv for lv in range(5) if counts["train"][lv] == 0), None)
-    if empty is not None:
-        proc = run_cli(*SMALL, f"mastery=d{empty}", output_dir=out, cache_dir=out / "cache", experiment="eq_smollm2_small", check=False)
-        shown = ", ".join(f"D-{lv} {n}" for lv, n in enumerate(counts["train"]))
-        assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == \
-            f"error: data.size=8 is larger than the bucket, which holds 0 facts (mastery=d{empty}; train levels: {shown})"
-    level = max(lv for lv in range(5) if counts["test"][lv])
-    run_cli(*SMALL, f"kl.level={level}", output_dir=out / "kl", cache_dir=out / "cache", experiment="eq_smollm2_small")
-    [k] = [json.loads(p.read_text()) for p in (out / "kl").glob("runs/*/results.json")]
-    assert {name: hit for name, hit in k["cache_hits"].items() if name != "sft"} == {"base_model": True, "prescreen": True, "probe": True}  # the KL curve is part of SFT
-    assert k["kl"]["n"] == counts["test"][level] and k["kl_level"] == level and k["kl_test4"] is None
+    empty = next(lv for lv in range(5) if counts["train"][lv] == 0)  # a 135M model leaves D-3/D-4 empty
+    proc = run_cli(*SMALL, f"mastery=d{empty}", output_dir=out, cache_dir=out / "cache", experiment="eq_smollm2_small", check=False)
+    shown = ", ".join(f"D-{lv} {n}" for lv, n in enumerate(counts["train"]))
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == \
+        f"error: data.size=8 is larger than the bucket, which holds 0 facts (mastery=d{empty}; train levels: {shown})"
+    assert len(list(out.glob("runs/*/results.json"))) == 1  # no result for the failed run
