@@ -55,5 +55,5 @@ def test_lora_end_to_end_restores_merged_weights(smoke_cache, tmp_path):
     # 20% holds every changed scalar (the rest of the 20% are unchanged ties, restored to what they already are).
     restored = {name.split(".")[-2] for name, n in r["restore"][1]["per_tensor"].items() if n}
     assert restored == {"q_proj", "v_proj"}
-    assert r["update_share"]["20"] == 100.0 and r["update_share"]["5"] < 100.0
+    assert r["update_share"]["20"] == 100.0
     assert r["kl_test4"] is not None and r["kl_test4"] > 0
