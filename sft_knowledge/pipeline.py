@@ -20,18 +20,20 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import Cache
-from .config import Config
+from .config import Config, ConfigError, ModelError, digest
+from .data import entityquestions
 from .data.facts import SPLITS, Fact, KnowledgeBase, is_correct
 from .data.sampling import DataError, balanced_subset, bucket_facts
 from .data.synthetic import SyntheticWorld, build_world
 from .decoding import next_token_logits, qa_prompt
 from .evaluate import LevelAccuracy, accuracy, answer_hits, level_subsets
 from .kl import kl_stats, topk_renormalised_kl
-from .models import build_tiny_world, load, tiny_world_spec
+from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, smollm2_spec, tiny_world_spec
+from .prescreen import facts_from_json, facts_to_json, prescreen
 from .probe import ProbeConfig, ProbeResult, probe
 from .restore import restore_into, restore_layers, select_thresholds
 from .tracking import Tracker
-from .train import sft
+from .train import attach_lora, merge_lora, sft
 
 UPDATE_SHARE_RATIOS = (1, 3, 5, 10, 20, 40, 60)  # paper Table 3
 PREDICTION_COLUMNS = ["split", "level", "relation", "question", "answer", "prediction", "correct"]
@@ -59,6 +61,52 @@ def probe_config(cfg: Config) -> ProbeConfig:
 def load_world(cfg: Config) -> SyntheticWorld:
     """The synthetic world is regenerated from its seed (well under a second), so it needs no cache entry."""
     return build_world(cfg.data.world)
+
+
+def load_data(cfg: Config) -> tuple[KnowledgeBase, SyntheticWorld | None, dict | None]:
+    """(knowledge base, the synthetic world or None, what identifies a real dataset in cache keys or None).
+
+    A synthetic world is identified by its config, already part of its base model's spec.
+    """
+    if cfg.data.name == "synthetic":
+        world = load_world(cfg)
+        return world.kb, world, None
+    kb = entityquestions.load_entityquestions(cfg.data)
+    spec = {
+        "name": cfg.data.name, "root": str(entityquestions.resolve_root(cfg.data.root).resolve()),
+        "sizes": {split: len(facts) for split, facts in kb.splits.items()},
+        "templates": digest([r.mapping_templates for r in kb.relations.values()]), "aliases": digest(kb.aliases),
+    }
+    return kb, None, spec
+
+
+def load_base_model(cfg: Config, cache: Cache, world: SyntheticWorld | None) -> tuple[str | Path, bool, dict]:
+    """(weights directory or hub id, cache hit, what identifies the base model in cache keys)."""
+    m = cfg.model
+    if m.n_gpus > 1 and torch.cuda.device_count() < m.n_gpus:
+        raise ModelError(f"model={m.name} needs {m.n_gpus} GPUs in one job (model.n_gpus); this machine has {torch.cuda.device_count()}")
+    if m.source == "tiny_world":
+        path, hit = build_tiny_world(cache, world, m.pretrain, cfg.data.world)
+        return path, hit, tiny_world_spec(m.pretrain, cfg.data.world)
+    if m.source == "smollm2_gguf":
+        path, hit = build_smollm2(cache)
+        return path, hit, smollm2_spec()
+    source = hub_source(m.hub_id, m.path)
+    check_hub_access(source, m.name)
+    return source, True, {"source": "hub", "id": source, "dtype": m.dtype}
+
+
+def load_subset(cache: Cache, spec: dict, model, tokenizer, kb: KnowledgeBase, cfg: Config) -> tuple[KnowledgeBase, dict, bool]:
+    """The pre-screened probe subset (data.subset), through the cache; also the pre-screen's level counts."""
+    sub = cfg.data.subset
+
+    def build(tmp: Path) -> None:
+        kept, counts = prescreen(model, tokenizer, kb, sub.candidates, sub.keep, sub.n_map, cfg.mastery.temperature, cfg.data.seed)
+        (tmp / "subset.json").write_text(json.dumps({"facts": facts_to_json(kept), "prescreen_counts": counts}))
+
+    path, hit = cache.get_or_build("prescreen", spec, build)
+    data = json.loads((path / "subset.json").read_text())
+    return facts_from_json(kb, data["facts"]), data["prescreen_counts"], hit
 
 
 def load_mastery(cache: Cache, probe_spec: dict, model, tokenizer, kb: KnowledgeBase, pcfg: ProbeConfig) -> tuple[ProbeResult, bool]:
@@ -91,16 +139,24 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
     log = tracker.log
     hits: dict[str, bool] = {}
 
+    if cfg.model.source == "tiny_world" and cfg.data.name != "synthetic":
+        raise ConfigError(f"model=tiny_world is pretrained on the synthetic world; with data={cfg.data.name} choose a real model, e.g. model=smollm2_135m")
     with timer("world"):
-        world = load_world(cfg)
-        kb = world.kb
+        kb, world, data_spec = load_data(cfg)
     with timer("base_model"):
-        base_dir, hits["base_model"] = build_tiny_world(cache, world, cfg.model.pretrain, cfg.data.world)
-        model, tokenizer = load(base_dir)
-        base_spec = tiny_world_spec(cfg.model.pretrain, cfg.data.world)
+        base_dir, hits["base_model"], base_spec = load_base_model(cfg, cache, world)
+        model, tokenizer = load(base_dir, cfg.model.dtype)
+    prescreen_counts = None
+    if data_spec is not None and cfg.data.subset.candidates is not None:
+        with timer("prescreen"):
+            data_spec = {**data_spec, "base": base_spec, "subset": asdict(cfg.data.subset), "seed": cfg.data.seed,
+                         "temperature": cfg.mastery.temperature}
+            kb, prescreen_counts, hits["prescreen"] = load_subset(cache, data_spec, model, tokenizer, kb, cfg)
     with timer("probe"):
         pcfg = probe_config(cfg)
         probe_spec = {"base": base_spec, "probe": asdict(pcfg)}  # the bucket is not in it: one probe serves all buckets
+        if data_spec is not None:
+            probe_spec["data"] = data_spec
         levels, hits["probe"] = load_mastery(cache, probe_spec, model, tokenizer, kb, pcfg)
     level_counts = {split: levels.counts(split) for split in SPLITS}
 
@@ -129,24 +185,29 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
     }
 
     def fine_tune(tmp: Path) -> None:
+        # LoRA trains adapters on top of the base weights; the KL base (base_logits) is that model with its adapter disabled.
+        tuned = attach_lora(model, cfg.train) if cfg.train.method == "lora" else model
+
         def on_step(step: int, steps: int, loss: float, step_lr: float) -> dict | None:
             if not (kl_facts and step in curve_steps(steps, cfg.kl.curve_points)):
                 return None
-            kl_mean = token_kl(model, tokenizer, ft_prompts, base_logits, cfg.kl.top_k).mean().item()
-            model.train()
+            kl_mean = token_kl(tuned, tokenizer, ft_prompts, base_logits, cfg.kl.top_k).mean().item()
+            tuned.train()
             return {"kl_mean": kl_mean}
 
         # Checkpoints live beside the entry, keyed like it: a requeued job resumes this very SFT.
-        train_log = asdict(sft(model, tokenizer, train_facts, cfg.train, lr, cfg.seed, on_step,
-                               cache.work_dir("sft", sft_spec), cfg.checkpoint))
-        model.save_pretrained(tmp)
+        train_log = asdict(sft(tuned, tokenizer, train_facts, cfg.train, lr, cfg.seed, on_step,
+                               cache.work_dir("sft", sft_spec), cfg.checkpoint,
+                               cfg.model.micro_batch_size, cfg.model.gradient_checkpointing))
+        # Saved merged: restoration and every later stage read ordinary weights.
+        (merge_lora(tuned) if cfg.train.method == "lora" else tuned).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         train_log["kl_curve"] = train_log.pop("events")
         (tmp / "train_log.json").write_text(json.dumps(train_log))
 
     with timer("sft"):
         ft_dir, hits["sft"] = cache.get_or_build("sft", sft_spec, fine_tune)
-        model, tokenizer = load(ft_dir)
+        model, tokenizer = load(ft_dir, cfg.model.dtype)
         ft_state = _state(model)
         train_log = json.loads((ft_dir / "train_log.json").read_text())
     kl_at = {point["step"]: point["kl_mean"] for point in train_log["kl_curve"]}
@@ -204,6 +265,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
 
     results = {
         "level_counts": level_counts,
+        "prescreen_counts": prescreen_counts,
         "n_train_facts": len(train_facts),
         **_acc_fields(acc),
         "acc_train": acc_train,

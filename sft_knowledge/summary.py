@@ -15,6 +15,9 @@ def run_summary(r: dict) -> str:
     lines = [f"run {r['run_key']}  (model={r['config']['model']['name']}, bucket={r['config']['mastery']['bucket']}, "
              f"size={r['config']['data']['size']}, {r['n_train_facts']} SFT facts)"]
     lines += _level_counts(r["level_counts"])
+    if r.get("prescreen_counts"):
+        lines.append("  (probed a pre-screened subset; likelihood levels of the candidates: "
+                     + "; ".join(f"{s} {'/'.join(map(str, c))}" for s, c in r["prescreen_counts"].items()) + ")")
     lines.append("  accuracy (%)       " + "".join(f"{n:>8}" for n in LEVEL_NAMES) + "   macro")
     for split in ("test", "testood"):
         lines.append(f"    {split:<15}" + "".join(_f(a, 8) for a in r[f"acc_{split}_level"]) + _f(r[f"acc_{split}"], 8))

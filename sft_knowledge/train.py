@@ -3,6 +3,9 @@
 Prompt `{bos}<|question|> {q} <|answer|>`, target ` {a}{eos}`, loss on the target tokens only
 (the paper is silent; LLaMA-Factory, which its template matches, masks the prompt). AdamW, cosine
 schedule, 1 epoch, batch 8 as in the paper; warm-up and weight decay default to 0 (not stated).
+A batch larger than fits in memory is reached by gradient accumulation over micro-batches.
+`method="lora"` trains low-rank adapters (peft) instead of every weight; `merge_lora` folds them in,
+so the later stages (restoration included) see ordinary merged weights.
 
 Given a checkpoint directory, SFT is resumable: model, optimizer, step, RNG, data order and the
 training log are saved every `checkpoint.every` steps and when SLURM or submitit signals the job
@@ -28,17 +31,23 @@ from .data.facts import Fact
 from .decoding import encode_prompts, encode_targets, qa_prompt
 
 IGNORE = -100
+METHODS = ("full", "lora")
 
 
 @dataclass
 class TrainConfig:
-    method: str = "full"  # full-parameter fine-tuning (paper)
+    method: str = "full"  # full: every parameter (paper) | lora: low-rank adapters through peft
     lr: float | None = None  # None: the model config's lr
     epochs: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 8  # examples per optimizer step
+    micro_batch_size: int | None = None  # examples per forward pass (None: the model config's, else batch_size)
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 @dataclass
@@ -114,6 +123,20 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def attach_lora(model, cfg: TrainConfig):
+    """`model` wrapped with fresh LoRA adapters (only they train); with the adapter disabled it is the base model."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def merge_lora(model):
+    """The plain model with the trained adapters folded into its weights."""
+    return model.merge_and_unload()
+
+
 def sft(
     model,
     tokenizer,
@@ -124,9 +147,12 @@ def sft(
     on_step: Callable[[int, int, float, float], dict | None] | None = None,
     checkpoint_dir: Path | None = None,
     checkpoint: CheckpointConfig | None = None,
+    micro_batch_size: int | None = None,
+    gradient_checkpointing: bool = False,
 ) -> TrainLog:
-    """Fine-tune `model` in place. `on_step(step, total, loss, lr)` runs after every optimizer step; a dict
-    it returns is kept in the log's `events`. With `checkpoint_dir`, resume from its checkpoint if any."""
+    """Fine-tune the trainable parameters of `model` in place. `on_step(step, total, loss, lr)` runs after every
+    optimizer step; a dict it returns is kept in the log's `events`. With `checkpoint_dir`, resume from its
+    checkpoint if any."""
     checkpoint = checkpoint or CheckpointConfig()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -142,7 +168,11 @@ def sft(
     order = order[: round(cfg.epochs * len(examples))]
     total = math.ceil(len(order) / cfg.batch_size)
     warmup = round(cfg.warmup_ratio * total)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    micro = cfg.micro_batch_size or micro_batch_size or cfg.batch_size
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     log, start = TrainLog([], [], total), 0
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
@@ -158,16 +188,24 @@ def sft(
     model.train()
     with DeferredSignals() as signals:
         for step in tqdm(range(start, total), desc=f"SFT on {len(facts)} facts", mininterval=5, disable=total < 50):
-            batch = _batch([examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], pad)
+            step_examples = [examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
             step_lr = cosine_lr(step, total, lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = step_lr
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            # Gradient accumulation: each micro-batch's mean loss weighted by its share of the step's answer
+            # tokens, so the gradient equals that of the whole batch at once.
+            n_tokens = sum(len(t) for _, t in step_examples)
+            loss_sum = 0.0
+            for first in range(0, len(step_examples), micro):
+                chunk = step_examples[first : first + micro]
+                share = sum(len(t) for _, t in chunk) / n_tokens
+                loss = model(**{k: v.to(device) for k, v in _batch(chunk, pad).items()}).loss * share
+                loss.backward()
+                loss_sum += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            log.loss.append(loss.item())
+            log.loss.append(loss_sum)
             log.lr.append(step_lr)
             event = on_step(step + 1, total, log.loss[-1], step_lr) if on_step is not None else None
             if event is not None:
@@ -181,5 +219,7 @@ def sft(
                 while time.time() < deadline and not signals.caught:
                     time.sleep(0.1)
             signals.forward()
+    if gradient_checkpointing:
+        model.gradient_checkpointing_disable()
     model.eval()
     return log

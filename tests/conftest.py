@@ -29,9 +29,10 @@ def compose_config(*overrides: str):
         return OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
 
 
-def run_cli(*overrides: str, output_dir: Path, cache_dir: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(*overrides: str, output_dir: Path, cache_dir: Path | None = None, check: bool = True,
+            experiment: str = "smoke") -> subprocess.CompletedProcess:
     """`python -m sft_knowledge.run experiment=smoke ...` in a subprocess, as a user would run it."""
-    args = [sys.executable, "-m", "sft_knowledge.run", "experiment=smoke", f"paths.output_dir={output_dir}"]
+    args = [sys.executable, "-m", "sft_knowledge.run", f"experiment={experiment}", f"paths.output_dir={output_dir}"]
     if cache_dir is not None:
         args.append(f"paths.cache_dir={cache_dir}")
     flags = [o for o in overrides if o.startswith("-")]  # Hydra wants flags such as -m before the overrides

@@ -1,0 +1,154 @@
+"""EntityQuestions (Sciavolino et al., 2021) as the paper uses it (Ye et al., EMNLP 2025, §3.1).
+
+Reads the upstream layout `<root>/{train,test}/P<id>.<split>.jsonl` (or the later `.json` arrays; the
+dev split is not used by the paper). In-domain: 10 location relations, train and test; out-of-domain:
+the other 14, test only. The paper's filter (not stated, inferred from its split sizes): keep records with
+exactly one answer, then drop repeated question strings across the pooled relations of a split, keeping
+the first, relations in the order below. It gives exactly 75,944 / 9,555 / 11,613 facts.
+
+Quirks (the data's README): soft hyphens are dropped and runs of spaces collapsed in questions and
+subjects (after de-duplication, which is on the raw strings); P131 and P276 share one question template,
+so a question under both keeps the first relation (P131).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .facts import Fact, KnowledgeBase, Relation
+from .sampling import DataError
+
+IN_DOMAIN = ("P17", "P19", "P20", "P36", "P69", "P131", "P159", "P276", "P495", "P740")
+OUT_OF_DOMAIN = ("P112", "P127", "P170", "P175", "P176", "P26", "P40", "P413", "P50", "P136", "P106", "P264", "P407", "P800")
+PAPER_SIZES = {"train": 75_944, "test": 9_555, "testood": 11_613}
+HERE = Path(__file__).resolve().parent
+TEMPLATES_FILE = HERE / "entityquestions_templates.json"  # 21 per relation, the paper's marked
+ALIASES_FILE = HERE / "entityquestions_aliases.json"  # the paper's synonym table (App. F.1, Table 12)
+DEFAULT_ROOT = HERE.parent.parent.parent / "shared" / "data" / "entityquestions"  # ../shared beside the project
+ROOT_ENV = "SFT_KNOWLEDGE_EQ_ROOT"  # overrides DEFAULT_ROOT when data.root is unset
+UPSTREAM = "https://github.com/princeton-nlp/EntityQuestions (dataset.zip, or commit 409520a for the .jsonl files)"
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass
+class EntityQuestionsConfig:
+    root: Any = None  # folder holding train/ and test/ (None: $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions)
+    aliases_file: Any = None  # a JSON file {gold object: [synonyms]} added to the paper's synonym table
+
+
+def clean(text: str) -> str:
+    return _SPACES.sub(" ", text.replace("\u00ad", "")).strip()
+
+
+def relations() -> dict[str, Relation]:
+    table = json.loads(TEMPLATES_FILE.read_text())["relations"]
+    return {rid: Relation(rid, r["question_template"], tuple(t["template"] for t in r["mapping_templates"]), rid in IN_DOMAIN)
+            for rid, r in table.items()}
+
+
+def load_aliases(extra: str | Path | None = None) -> dict[str, list[str]]:
+    """The paper's synonym table, plus a user's file of the same form (its entries extend the table's)."""
+    aliases = {k: list(v) for k, v in json.loads(ALIASES_FILE.read_text())["aliases"].items()}
+    if extra is not None:
+        path = Path(extra)
+        try:
+            user = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise DataError(f"data.aliases_file={path}: cannot read it as JSON ({str(err).splitlines()[0]})") from None
+        user = user.get("aliases", user) if isinstance(user, dict) else user
+        if not isinstance(user, dict) or not all(isinstance(v, list) and all(isinstance(s, str) for s in v) for v in user.values()):
+            raise DataError(f"data.aliases_file={path}: expected a JSON object {{gold object: [synonym, ...]}}")
+        for obj, syns in user.items():
+            aliases[obj] = list(dict.fromkeys(aliases.get(obj, []) + syns))
+    return aliases
+
+
+def _records(path: Path) -> list[tuple[int, Any]]:
+    """(line or record number, parsed record) of one file; malformed JSON names the file and line."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            return list(enumerate(json.loads(text), start=1))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{n}: malformed JSON ({err.msg})") from None
+    return out
+
+
+def _relation_file(root: Path, rel: str, split: str) -> Path:
+    for suffix in (".jsonl", ".json"):
+        path = root / split / f"{rel}.{split}{suffix}"
+        if path.is_file():
+            return path
+    raise DataError(f"{root / split / f'{rel}.{split}.jsonl'} is missing: EntityQuestions must hold "
+                    f"{{train,test}}/P<id>.<split>.jsonl (or .json) for all 24 relations; get them from {UPSTREAM}")
+
+
+def read_relation(root: Path, rel: Relation, split: str) -> list[tuple[str, str, Path, int]]:
+    """(question, single answer, file, line) of the records of one relation file with exactly one answer."""
+    path = _relation_file(root, rel.id, split)
+    out = []
+    for n, rec in _records(path):
+        where = f"{path}:{n}" if path.suffix == ".jsonl" else f"{path}: record {n}"
+        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(rec.get("answers"), list):
+            raise DataError(f"{where}: expected {{\"question\": str, \"answers\": [str, ...]}}, got {str(rec)[:80]}")
+        if not rec["answers"] or not all(isinstance(a, str) and a.strip() for a in rec["answers"]):
+            raise DataError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
+        if len(rec["answers"]) == 1:  # paper filter (a): exactly one answer
+            out.append((rec["question"], rec["answers"][0], path, n))
+    return out
+
+
+def _subject(question: str, template: str, where: str) -> str:
+    prefix, suffix = template.split("[X]")
+    if not (question.startswith(prefix) and question.endswith(suffix) and len(question) > len(prefix) + len(suffix)):
+        raise DataError(f"{where}: question {question!r} does not match its relation's template {template!r}")
+    return question[len(prefix) : len(question) - len(suffix)]
+
+
+def load_split(root: Path, rels: dict[str, Relation], relation_ids: tuple[str, ...], split: str) -> list[Fact]:
+    """One pooled split: exactly-one-answer records, repeated question strings dropped (first kept)."""
+    seen: set[str] = set()
+    facts = []
+    for rid in relation_ids:
+        rel = rels[rid]
+        for question, answer, path, n in read_relation(root, rel, split):
+            if question in seen:  # paper filter (b), across the pooled relations (P131 and P276 share a template)
+                continue
+            seen.add(question)
+            subject = clean(_subject(question, rel.question_template, f"{path}:{n}"))
+            facts.append(Fact(subject, rid, clean(answer), rel.question(subject)))
+    return facts
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT))
+
+
+def resolve_root(root: str | Path | None) -> Path:
+    path = Path(root) if root is not None else default_root()
+    if not (path / "train").is_dir() or not (path / "test").is_dir():
+        raise DataError(f"EntityQuestions not found at {path}: put the upstream train/ and test/ folders "
+                        f"(P<id>.<split>.jsonl or .json) there, or set data.root; source: {UPSTREAM}")
+    return path
+
+
+def load_entityquestions(cfg: EntityQuestionsConfig) -> KnowledgeBase:
+    root = resolve_root(cfg.root)
+    rels = relations()
+    splits = {
+        "train": load_split(root, rels, IN_DOMAIN, "train"),
+        "test": load_split(root, rels, IN_DOMAIN, "test"),
+        "testood": load_split(root, rels, OUT_OF_DOMAIN, "test"),
+    }
+    return KnowledgeBase(rels, splits, load_aliases(cfg.aliases_file))

@@ -1,0 +1,55 @@
+"""The proof on this machine: a real pretrained model (SmolLM2-135M-Instruct) on the real data (EntityQuestions),
+every stage end to end on a small pre-screened subset, with the levels a small model leaves empty."""
+import json
+
+import pytest
+
+from conftest import run_cli
+from sft_knowledge.data import entityquestions as eq
+
+pytestmark = pytest.mark.slow
+
+# Small enough for CI on 2 cores: 60 candidates per split pre-screened, 8 kept, probed 3 x 3.
+SMALL = ("data.size=8", "data.subset.candidates=60", "data.subset.keep=8", "data.subset.n_map=2",
+         "mastery.n_map=3", "mastery.n_sample=3", "restore.ratios=[0,5,40]")
+
+
+@pytest.fixture(scope="module")
+def eq_run(tmp_path_factory):
+    if not (eq.default_root() / "train").is_dir():
+        pytest.skip(f"EntityQuestions is not at {eq.default_root()} (set {eq.ROOT_ENV} to its folder)")
+    out = tmp_path_factory.mktemp("eq")
+    proc = run_cli(*SMALL, output_dir=out, cache_dir=out / "cache", experiment="eq_smollm2_small")
+    [path] = list(out.glob("runs/*/results.json"))
+    return json.loads(path.read_text()), proc, out
+
+
+def test_smollm2_on_entityquestions_end_to_end(eq_run):
+    r, proc, _ = eq_run
+    assert r["config"]["model"]["name"] == "smollm2_135m" and r["config"]["data"]["name"] == "entityquestions"
+    counts = r["level_counts"]
+    assert [sum(c) for c in counts.values()] == [8, 8, 8]
+    populated = [lv for lv in range(5) if counts["test"][lv]]
+    assert len({lv for c in counts.values() for lv in range(5) if c[lv]}) > 1, f"all facts in one level: {counts}"
+    assert populated[0] == 0 and len(populated) > 1, counts
+    # Empty levels are missing, never 0, and the macro mean says over which levels it was taken.
+    assert [lv for lv, a in enumerate(r["acc_test_level"]) if a is not None] == r["acc_test_over_levels"] == populated
+    # After SFT the model answers the facts it knew better than those it did not.
+    assert r["acc_test_level"][populated[-1]] > r["acc_test_level"][0], r["acc_test_level"]
+    assert [x["ratio"] for x in r["restore"]] == [0, 5, 40] and all(x["acc_test"] is not None for x in r["restore"])
+    if counts["test"][4]:
+        assert r["kl"]["n"] == counts["test"][4]
+    else:
+        assert r["kl"] == {"missing": "D_test-4 holds no facts"} and r["kl_test4"] is None
+    assert "KL" in proc.stdout and "pre-screened subset" in proc.stdout
+
+
+def test_training_on_an_empty_level_is_one_line_with_every_level_count(eq_run):
+    r, _, out = eq_run
+    counts = r["level_counts"]
+    empty = next(lv for lv in range(5) if counts["train"][lv] == 0)  # a 135M model leaves D-3/D-4 empty
+    proc = run_cli(*SMALL, f"mastery=d{empty}", output_dir=out, cache_dir=out / "cache", experiment="eq_smollm2_small", check=False)
+    shown = ", ".join(f"D-{lv} {n}" for lv, n in enumerate(counts["train"]))
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == \
+        f"error: data.size=8 is larger than the bucket, which holds 0 facts (mastery=d{empty}; train levels: {shown})"
+    assert len(list(out.glob("runs/*/results.json"))) == 1  # no result for the failed run
