@@ -81,3 +81,9 @@ def test_slurm_profile_takes_resources_from_the_model_preset():
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["setup"] == ["export OMP_NUM_THREADS=64"]
     assert _compose("resources=gpu8").resources.gpus == 8
     assert run_key(_compose("resources=gpu8", "checkpoint.every=7")) == run_key(_compose())  # not semantic
+
+
+@pytest.mark.parametrize("model, gpus", [("tiny_world", 0), ("llama3_8b", 1), ("llama2_13b", 4), ("llama3_70b", 8)])
+def test_a_model_picks_its_slurm_resources_and_the_command_line_overrides_them(model, gpus):
+    assert _compose(f"model={model}").resources.gpus == gpus
+    assert _compose(f"model={model}", "resources=gpu1").resources.gpus == 1
