@@ -40,11 +40,15 @@ def test_mastery_option_selects_bucket():
         ("restore.strategy=best", "restore.strategy='best' is not allowed: expected top, bottom, random"),
         ("mastery.estimator=guess", "mastery.estimator='guess' is not allowed: expected sampling, likelihood"),
         ("kl.level=5", "kl.level=5 is not allowed: expected 0..4"),
+        ("train.micro_batch_size=3", "train.micro_batch_size=3 is not allowed: expected a divisor of train.batch_size=8"),
+        ("train.method=adapter", "train.method='adapter' is not allowed: expected full, lora"),
+        ("model.dtype=int4", "model.dtype='int4' is not allowed: expected float32, bfloat16, float16"),
+        ("data=entityquestions data.subset.candidates=0", "data.subset.candidates=0 is not allowed"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as err:
-        validate(_compose(override))
+        validate(_compose(*override.split()))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
