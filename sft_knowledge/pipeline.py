@@ -63,17 +63,19 @@ def load_world(cfg: Config) -> SyntheticWorld:
     return build_world(cfg.data.world)
 
 
-def load_data(cfg: Config) -> tuple[KnowledgeBase, SyntheticWorld | None, dict | None]:
+def load_data(cfg: Config, cache: Cache) -> tuple[KnowledgeBase, SyntheticWorld | None, dict | None]:
     """(knowledge base, the synthetic world or None, what identifies a real dataset in cache keys or None).
 
-    A synthetic world is identified by its config, already part of its base model's spec.
+    A synthetic world is identified by its config, already part of its base model's spec. EntityQuestions
+    missing everywhere is fetched into the cache.
     """
     if cfg.data.name == "synthetic":
         world = load_world(cfg)
         return world.kb, world, None
-    kb = entityquestions.load_entityquestions(cfg.data)
+    root = entityquestions.resolve_root(cfg.data, cache)
+    kb = entityquestions.load_entityquestions(cfg.data, root)
     spec = {
-        "name": cfg.data.name, "root": str(entityquestions.resolve_root(cfg.data.root).resolve()),
+        "name": cfg.data.name, "root": str(root.resolve()),
         "sizes": {split: len(facts) for split, facts in kb.splits.items()},
         "templates": digest([r.mapping_templates for r in kb.relations.values()]), "aliases": digest(kb.aliases),
     }
@@ -142,7 +144,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
     if cfg.model.source == "tiny_world" and cfg.data.name != "synthetic":
         raise ConfigError(f"model=tiny_world is pretrained on the synthetic world; with data={cfg.data.name} choose a real model, e.g. model=smollm2_135m")
     with timer("world"):
-        kb, world, data_spec = load_data(cfg)
+        kb, world, data_spec = load_data(cfg, cache)
     with timer("base_model"):
         base_dir, hits["base_model"], base_spec = load_base_model(cfg, cache, world)
         model, tokenizer = load(base_dir, cfg.model.dtype)

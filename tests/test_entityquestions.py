@@ -1,9 +1,11 @@
 """EntityQuestions: the paper's splits and sizes, 21 templates per relation, aliases, and dirty data."""
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from sft_knowledge.cache import Cache
 from sft_knowledge.data import entityquestions as eq
 from sft_knowledge.data.facts import is_correct
 from sft_knowledge.data.sampling import DataError
@@ -118,3 +120,59 @@ def test_missing_data_says_where_to_put_it(tmp_path):
     (root / "test" / "P800.test.jsonl").unlink()
     with pytest.raises(DataError, match="P800.test.jsonl is missing"):
         eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+
+
+def _zip_of(root: Path, archive: Path) -> str:
+    """The upstream archive's layout (dataset/{train,test}/...) with `root`'s files; returns its file:// URL."""
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(root.rglob("*.json*")):
+            zf.write(path, f"dataset/{path.relative_to(root)}")
+    return archive.as_uri()
+
+
+@pytest.fixture
+def no_local_copy(tmp_path, monkeypatch):
+    """Neither data.root, $SFT_KNOWLEDGE_EQ_ROOT nor ../shared holds the data: the run falls back to the archive."""
+    monkeypatch.delenv(eq.ROOT_ENV, raising=False)
+    monkeypatch.setattr(eq, "DEFAULT_ROOT", tmp_path / "shared" / "entityquestions")
+
+
+def test_missing_data_is_fetched_once_into_the_cache_and_checked(tmp_path, no_local_copy, monkeypatch):
+    source = _mini_root(tmp_path / "upstream", {}, suffix=".json")
+    url = _zip_of(source, tmp_path / "dataset.zip")
+    cfg = eq.EntityQuestionsConfig(url=url, sha256=eq.content_sha256(source))
+    cache = Cache(tmp_path / "cache")
+    root = eq.resolve_root(cfg, cache)
+    assert root.parent.parent == tmp_path / "cache" / "dataset" and (root.parent / "DONE.json").is_file()
+    assert eq.load_entityquestions(cfg, root).splits == eq.load_entityquestions(eq.EntityQuestionsConfig(root=source)).splits
+    assert not list(root.parent.rglob("*.zip"))  # the archive is not kept, only its content
+    downloads = []
+    monkeypatch.setattr(eq.urllib.request, "urlopen", lambda *a, **k: downloads.append(a))
+    assert eq.resolve_root(cfg, cache) == root and downloads == []  # the second run reuses the entry
+    with pytest.raises(DataError, match="EntityQuestions not found at"):  # a folder the user named is not downloaded over
+        eq.resolve_root(eq.EntityQuestionsConfig(root=tmp_path / "typo", url=url, sha256=cfg.sha256), cache)
+
+
+def test_an_archive_with_other_content_is_refused_and_nothing_is_cached(tmp_path, no_local_copy):
+    source = _mini_root(tmp_path / "upstream", {})
+    url = _zip_of(source, tmp_path / "dataset.zip")
+    with pytest.raises(DataError) as err:
+        eq.resolve_root(eq.EntityQuestionsConfig(url=url), Cache(tmp_path / "cache"))
+    actual = eq.content_sha256(source)
+    assert str(err.value) == (f"{url}: its train and test records have SHA-256 {actual}, expected data.sha256={eq.ARCHIVE_SHA256}; "
+                              f"nothing was kept (set data.sha256={actual} to accept this archive)")
+    assert [p.name for p in (tmp_path / "cache" / "dataset").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_no_network_says_where_to_put_the_files(tmp_path, no_local_copy):
+    url = "http://127.0.0.1:9/dataset.zip"  # the discard port: connection refused, at once and offline
+    with pytest.raises(DataError) as err:
+        eq.resolve_root(eq.EntityQuestionsConfig(url=url), Cache(tmp_path / "cache"))
+    message = str(err.value)
+    assert message.startswith(f"EntityQuestions: cannot download {url} (") and "\n" not in message
+    assert message.endswith(f"put the upstream train/ and test/ folders in {eq.DEFAULT_ROOT}, or point data.root or ${eq.ROOT_ENV} at them")
+    assert [p.name for p in (tmp_path / "cache" / "dataset").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_the_pinned_checksum_is_that_of_the_full_copy():
+    assert eq.content_sha256(_real_root()) == eq.ARCHIVE_SHA256

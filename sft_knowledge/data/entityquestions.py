@@ -9,18 +9,29 @@ the first, relations in the order below. It gives exactly 75,944 / 9,555 / 11,61
 Quirks (the data's README): soft hyphens are dropped and runs of spaces collapsed in questions and
 subjects (after de-duplication, which is on the raw strings); P131 and P276 share one question template,
 so a question under both keeps the first relation (P131).
+
+Where no copy is found, the upstream archive is downloaded once into the cache. It has no published
+checksum, so what is checked is its content: the records of the train and test relation files, which
+also makes the check blind to the layout (`.json` arrays in the archive, `.jsonl` in older copies).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
+import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .facts import Fact, KnowledgeBase, Relation
 from .sampling import DataError
+
+if TYPE_CHECKING:  # cache.py imports config.py, which imports this module
+    from ..cache import Cache
 
 IN_DOMAIN = ("P17", "P19", "P20", "P36", "P69", "P131", "P159", "P276", "P495", "P740")
 OUT_OF_DOMAIN = ("P112", "P127", "P170", "P175", "P176", "P26", "P40", "P413", "P50", "P136", "P106", "P264", "P407", "P800")
@@ -31,13 +42,19 @@ ALIASES_FILE = HERE / "entityquestions_aliases.json"  # the paper's synonym tabl
 DEFAULT_ROOT = HERE.parent.parent.parent / "shared" / "data" / "entityquestions"  # ../shared beside the project
 ROOT_ENV = "SFT_KNOWLEDGE_EQ_ROOT"  # overrides DEFAULT_ROOT when data.root is unset
 UPSTREAM = "https://github.com/princeton-nlp/EntityQuestions (dataset.zip, or commit 409520a for the .jsonl files)"
+ARCHIVE_URL = "https://nlp.cs.princeton.edu/projects/entity-questions/dataset.zip"
+# content_sha256 of the full copy in ../shared/data/entityquestions (commit 409520a, whose records the later
+# .json files repeat one for one); the archive itself has no published checksum.
+ARCHIVE_SHA256 = "dfea33bac9f0d46b638be0915ee614fc5bca9fa5007ea0a9531316dbfb409217"
 _SPACES = re.compile(r"\s+")
 
 
 @dataclass
 class EntityQuestionsConfig:
-    root: Any = None  # folder holding train/ and test/ (None: $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions)
+    root: Any = None  # folder holding train/ and test/ (None: $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions, else url)
     aliases_file: Any = None  # a JSON file {gold object: [synonyms]} added to the paper's synonym table
+    url: str = ARCHIVE_URL  # the archive fetched into the cache when no copy is found (root unset)
+    sha256: str = ARCHIVE_SHA256  # content_sha256 the fetched archive must have
 
 
 def clean(text: str) -> str:
@@ -131,20 +148,74 @@ def load_split(root: Path, rels: dict[str, Relation], relation_ids: tuple[str, .
     return facts
 
 
+def content_sha256(root: Path) -> str:
+    """SHA-256 over the sorted `<split>/<relation> <sha256 of its records>` lines of the 48 train and test files."""
+    lines = []
+    for split in ("train", "test"):
+        for rid in IN_DOMAIN + OUT_OF_DOMAIN:
+            records = json.dumps([rec for _, rec in _records(_relation_file(root, rid, split))], sort_keys=True)
+            lines.append(f"{split}/{rid} {hashlib.sha256(records.encode()).hexdigest()}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def _has_splits(path: Path) -> bool:
+    return (path / "train").is_dir() and (path / "test").is_dir()
+
+
+def fetch(cache: Cache, url: str, sha256: str) -> Path:
+    """The archive at `url`, downloaded and unpacked once into `<cache>/dataset/<key>/entityquestions`.
+
+    Published only if its content matches `sha256`; a failed download or check leaves nothing behind.
+    """
+    def build(tmp: Path) -> None:
+        archive, unpacked = tmp / "archive.zip", tmp / "unpacked"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors; ValueError: not a URL
+            raise DataError(f"EntityQuestions: cannot download {url} ({getattr(err, 'reason', err)}); put the upstream "
+                            f"train/ and test/ folders in {DEFAULT_ROOT}, or point data.root or ${ROOT_ENV} at them") from None
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(unpacked)  # zipfile drops absolute paths and '..' from member names
+        except zipfile.BadZipFile:
+            raise DataError(f"{url} is not a zip archive") from None
+        archive.unlink()
+        # The upstream zip holds dataset/{train,dev,test}/; look for the folder rather than trust one layout.
+        root = next((d.parent for d in sorted(unpacked.rglob("train")) if any(d.glob("P17.train.json*")) and _has_splits(d.parent)), None)
+        if root is None:
+            raise DataError(f"{url}: no train/P17.train.json(l) with a test/ beside it in the archive")
+        actual = content_sha256(root)
+        if actual != sha256:
+            raise DataError(f"{url}: its train and test records have SHA-256 {actual}, expected data.sha256={sha256}; "
+                            f"nothing was kept (set data.sha256={actual} to accept this archive)")
+        os.replace(root, tmp / "entityquestions")
+        shutil.rmtree(unpacked)
+
+    path, _ = cache.get_or_build("dataset", {"name": "entityquestions", "url": url, "sha256": sha256}, build)
+    return path / "entityquestions"
+
+
 def default_root() -> Path:
     return Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT))
 
 
-def resolve_root(root: str | Path | None) -> Path:
-    path = Path(root) if root is not None else default_root()
-    if not (path / "train").is_dir() or not (path / "test").is_dir():
-        raise DataError(f"EntityQuestions not found at {path}: put the upstream train/ and test/ folders "
-                        f"(P<id>.<split>.jsonl or .json) there, or set data.root; source: {UPSTREAM}")
-    return path
+def resolve_root(cfg: EntityQuestionsConfig, cache: Cache | None = None) -> Path:
+    """data.root, else $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions, else (with a cache) the
+    archive at data.url fetched into it. A folder the user named is never replaced by a download."""
+    named = cfg.root is not None or ROOT_ENV in os.environ
+    path = Path(cfg.root) if cfg.root is not None else default_root()
+    if _has_splits(path):
+        return path
+    if not named and cache is not None:
+        return fetch(cache, cfg.url, cfg.sha256)
+    raise DataError(f"EntityQuestions not found at {path}: put the upstream train/ and test/ folders "
+                    f"(P<id>.<split>.jsonl or .json) there, or set data.root; source: {UPSTREAM}")
 
 
-def load_entityquestions(cfg: EntityQuestionsConfig) -> KnowledgeBase:
-    root = resolve_root(cfg.root)
+def load_entityquestions(cfg: EntityQuestionsConfig, root: Path | None = None) -> KnowledgeBase:
+    """The paper's splits from `root` (None: resolve_root(cfg), which then does not download)."""
+    root = resolve_root(cfg) if root is None else root
     rels = relations()
     splits = {
         "train": load_split(root, rels, IN_DOMAIN, "train"),
