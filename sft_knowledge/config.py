@@ -7,6 +7,7 @@ message naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from .data.entityquestions import EntityQuestionsConfig
 from .data.synthetic import SyntheticWorldConfig
 from .evaluate import EvalConfig
 from .pretrain import PretrainConfig
-from .probe import ESTIMATORS, ProbeConfig
+from .probe import BACKENDS, ESTIMATORS, ProbeConfig
 from .restore import REGIONS, STRATEGIES
 from .train import METHODS, CheckpointConfig, TrainConfig
 
@@ -163,6 +164,12 @@ def validate(cfg: Config) -> None:
            "data.size", size, f"a positive integer (paper: {', '.join(map(str, PAPER_SIZES))}) or 'all'")
     _check(cfg.mastery.bucket in BUCKETS, "mastery.bucket", cfg.mastery.bucket, ", ".join(BUCKETS))
     _check(cfg.mastery.estimator in ESTIMATORS, "mastery.estimator", cfg.mastery.estimator, ", ".join(ESTIMATORS))
+    _check(cfg.mastery.backend in BACKENDS, "mastery.backend", cfg.mastery.backend, ", ".join(BACKENDS))
+    if cfg.mastery.backend == "vllm" and cfg.mastery.estimator != "sampling":
+        raise ConfigError(f"mastery.backend=vllm only samples: use mastery.estimator=sampling, or mastery.backend=hf "
+                          f"for mastery.estimator={cfg.mastery.estimator}")
+    if cfg.mastery.backend == "vllm" and importlib.util.find_spec("vllm") is None:  # checked before any stage runs
+        raise ConfigError("mastery.backend=vllm needs the vllm package: `pip install vllm` on a GPU node, or use mastery.backend=hf")
     for key in ("n_map", "n_sample", "max_new_tokens", "batch_size"):
         _check(getattr(cfg.mastery, key) > 0, f"mastery.{key}", getattr(cfg.mastery, key), "a positive integer")
     _check(cfg.mastery.temperature > 0, "mastery.temperature", cfg.mastery.temperature, "a number > 0")

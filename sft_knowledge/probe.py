@@ -7,18 +7,26 @@ D-0: R = 0, D-1: (0, .25], D-2: (.25, .5], D-3: (.5, .75], D-4: (.75, 1].
 `estimator="likelihood"` replaces sampling by its expectation: R = the mean over templates of the
 probability of producing the answer at that temperature (teacher forcing, one forward pass per
 template). It has no exact zeros, so a fact counts as D-0 below half a hit of the sampling budget.
+
+Sampling runs on one of two backends, which only produce the continuations (same prompt tokens,
+`[bos] + encode(prompt)`); hits, R and levels are computed from them here, the same way for both.
+`hf` is decoding.generate; `vllm` is vLLM's engine (GPU nodes, `pip install vllm`), much faster at
+paper scale. Their random streams differ, so the backend is part of the probe's cache key.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .data.facts import SPLITS, Fact, KnowledgeBase, is_correct
-from .decoding import answer_logprob, generate
+from .decoding import answer_logprob, encode_prompts, generate
 
 LEVEL_UPPER = (0.0, 0.25, 0.5, 0.75, 1.0)  # upper bound of R for D-0..D-4 (D-0 is exactly 0)
 ESTIMATORS = ("sampling", "likelihood")
+BACKENDS = ("hf", "vllm")
+Sampler = Callable[[list[str], str], list[str]]  # (prompts, progress label) -> n_sample texts per prompt, prompt-major
 
 
 @dataclass
@@ -30,6 +38,7 @@ class ProbeConfig:
     estimator: str = "sampling"
     batch_size: int = 512
     seed: int = 0
+    backend: str = "hf"  # sampling on: hf (batched decoding here) | vllm (vLLM's engine, GPU nodes)
 
 
 @dataclass
@@ -57,22 +66,51 @@ def _prompts(kb: KnowledgeBase, facts: list[Fact], n_map: int) -> list[str]:
     return [p for f in facts for p in kb.relations[f.relation].mapping_prompts(f.subject, n_map)]
 
 
-def _template_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: ProbeConfig, desc: str) -> torch.Tensor:
+def hf_sampler(model, tokenizer, cfg: ProbeConfig) -> Sampler:
+    def sample(prompts: list[str], desc: str) -> list[str]:
+        return generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed, desc, cfg.n_sample)
+    return sample
+
+
+def vllm_sampler(model, tokenizer, cfg: ProbeConfig) -> Sampler:
+    """vLLM's engine on the weights `model` was loaded from, in its dtype, fed the prompt tokens `generate` uses."""
+    import vllm  # optional: config validation has checked it is installed
+
+    # vLLM claims a share of the whole GPU up front; the HF model the other stages use already holds some.
+    free, total = torch.cuda.mem_get_info() if torch.cuda.is_available() else (1, 1)
+    llm = vllm.LLM(model=str(model.name_or_path), dtype=str(model.dtype).removeprefix("torch."), seed=cfg.seed,
+                   gpu_memory_utilization=0.9 * free / total)
+
+    def sample(prompts: list[str], desc: str) -> list[str]:
+        # vLLM seeds the j-th sample of a request with its seed + j: seeds n_sample apart give every sample its own stream.
+        params = [vllm.SamplingParams(n=cfg.n_sample, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
+                                      seed=cfg.seed + i * cfg.n_sample) for i in range(len(prompts))]
+        outputs = llm.generate([{"prompt_token_ids": ids} for ids in encode_prompts(tokenizer, prompts)], params, use_tqdm=bool(desc))
+        return [c.text for out in outputs for c in out.outputs]
+    return sample
+
+
+def _template_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: ProbeConfig, sample: Sampler | None, desc: str) -> torch.Tensor:
     """[n_facts, n_map] expected hit rate of each fact under each template."""
     prompts = _prompts(kb, facts, cfg.n_map)
     if cfg.estimator == "likelihood":
         answers = [f.object for f in facts for _ in range(cfg.n_map)]
         logp = answer_logprob(model, tokenizer, prompts, answers, cfg.temperature, cfg.batch_size)
         return logp.exp().view(len(facts), cfg.n_map)
-    texts = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed, desc, cfg.n_sample)
+    texts = sample(prompts, desc)
     answers = [kb.answers(f) for f in facts for _ in range(cfg.n_map * cfg.n_sample)]
-    hits = torch.tensor([is_correct(t, a) for t, a in zip(texts, answers)], dtype=torch.float32)
+    hits = torch.tensor([is_correct(t, a) for t, a in zip(texts, answers, strict=True)], dtype=torch.float32)
     return hits.view(len(facts), cfg.n_map, cfg.n_sample).mean(-1)
 
 
 def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
     if cfg.estimator not in ESTIMATORS:
         raise ValueError(f"mastery.estimator={cfg.estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"mastery.backend={cfg.backend!r}: expected one of {', '.join(BACKENDS)}")
+    # Built once, before the splits: one vLLM engine serves them all. The likelihood estimator does not sample.
+    make_sampler = vllm_sampler if cfg.backend == "vllm" else hf_sampler
+    sample = make_sampler(model, tokenizer, cfg) if cfg.estimator == "sampling" else None
     zero_below = 0.5 / (cfg.n_map * cfg.n_sample) if cfg.estimator == "likelihood" else 0.0
     result = ProbeResult({}, {})
     per_relation: dict[str, list[torch.Tensor]] = {}
@@ -81,7 +119,7 @@ def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
         if not facts:
             result.rate[split], result.level[split] = [], []
             continue
-        hits = _template_hits(model, tokenizer, kb, facts, cfg, desc=f"probe {split} ({len(facts)} facts)")
+        hits = _template_hits(model, tokenizer, kb, facts, cfg, sample, desc=f"probe {split} ({len(facts)} facts)")
         rate = hits.mean(-1).tolist()
         result.rate[split] = rate
         result.level[split] = [level_of(r, zero_below) for r in rate]

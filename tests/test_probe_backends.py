@@ -1,0 +1,159 @@
+"""The probe's sampling backends: vLLM only produces the texts; hits, rates and levels are the hf path's.
+
+The vLLM API is faked here (a `vllm` module with LLM and SamplingParams of the real signatures, returning
+scripted texts), so the level rules are checked on any machine; the real engine runs only on a GPU node.
+"""
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import compose_config, run_cli
+from sft_knowledge import probe as probe_module
+from sft_knowledge.config import ConfigError, validate
+from sft_knowledge.data.facts import Fact, KnowledgeBase, Relation
+from sft_knowledge.probe import ProbeConfig, probe
+
+BOS = 1
+TEMPLATES = ("{subject} was born in", "The birthplace of {subject} is")
+# subject, object, which of the 4 samples of each template hit; then R and the level by hand (D-1 is (0, .25], ...).
+TRAIN = [
+    ("Ann", "Paris", "0000", "0000"),  # 0/8   R 0      D-0
+    ("Bob", "Rome", "1000", "0000"),  # 1/8   R .125   D-1
+    ("Cid", "Oslo", "1100", "0000"),  # 2/8   R .25    D-1 (upper bound included)
+    ("Dan", "Lima", "1111", "0000"),  # 4/8   R .5     D-2
+    ("Eve", "Kyiv", "1111", "1100"),  # 6/8   R .75    D-3
+    ("Fay", "Baku", "1111", "1110"),  # 7/8   R .875   D-4
+]
+TEST = [("Gus", "Bern", "1111", "1111")]  # 8/8 R 1 D-4, every hit through the alias "Berne"
+EXPECTED = {"train": ([0, 0.125, 0.25, 0.5, 0.75, 0.875], [0, 1, 1, 2, 3, 4]), "test": ([1.0], [4]), "testood": ([], [])}
+ALIASES = {"Bern": ["Berne"]}
+
+
+def _kb() -> KnowledgeBase:
+    rel = Relation("P19", "Where was [X] born?", TEMPLATES, True)
+    facts = lambda rows: [Fact(s, "P19", o, rel.question(s)) for s, o, *_ in rows]  # noqa: E731
+    return KnowledgeBase({"P19": rel}, {"train": facts(TRAIN), "test": facts(TEST), "testood": []}, ALIASES)
+
+
+def _script() -> dict[str, list[str]]:
+    """prompt -> its 4 continuations: a hit names the answer (or its alias), a miss does not."""
+    out = {}
+    for subject, obj, *patterns in TRAIN + TEST:
+        said = ALIASES.get(obj, [obj])[0]
+        for template, pattern in zip(TEMPLATES, patterns):
+            out[template.format(subject=subject)] = [f" {said}, in 1901." if c == "1" else " a small town." for c in pattern]
+    return out
+
+
+class CharTokenizer:
+    """Enough of a tokenizer for encode_prompts: one id per character, and a BOS."""
+
+    bos_token_id = BOS
+
+    def __call__(self, texts, add_special_tokens=True):
+        assert not add_special_tokens
+        return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+
+MODEL = types.SimpleNamespace(name_or_path="/cache/base_model/abc", dtype=torch.bfloat16)  # all vLLM reads of it
+
+
+def fake_vllm(script: dict[str, list[str]]) -> types.ModuleType:
+    """A `vllm` module: LLM(model, *, dtype, seed, ...).generate(prompts, sampling_params, *, use_tqdm) -> RequestOutputs."""
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # what find_spec sees of an installed package
+    module.engines = []
+
+    class SamplingParams:
+        def __init__(self, n=1, temperature=1.0, max_tokens=16, seed=None, **kwargs):
+            self.n, self.temperature, self.max_tokens, self.seed = n, temperature, max_tokens, seed
+
+    class LLM:
+        def __init__(self, model, *, dtype="auto", seed=None, gpu_memory_utilization=0.9, **kwargs):
+            self.model, self.dtype, self.seed, self.share = model, dtype, seed, gpu_memory_utilization
+            module.engines.append(self)
+
+        def generate(self, prompts, sampling_params=None, *, use_tqdm=True):
+            assert len(sampling_params) == len(prompts)
+            outputs = []
+            for prompt, params in zip(prompts, sampling_params):
+                ids = prompt["prompt_token_ids"]
+                assert ids[0] == BOS and params.temperature == 0.7 and params.max_tokens == 32
+                texts = script["".join(map(chr, ids[1:]))][: params.n]
+                completions = [types.SimpleNamespace(index=j, text=t, token_ids=[]) for j, t in enumerate(texts)]
+                outputs.append(types.SimpleNamespace(prompt=None, prompt_token_ids=ids, outputs=completions, finished=True))
+            seeds = [p.seed + j for p in sampling_params for j in range(p.n)]  # what vLLM seeds each sample with
+            assert len(set(seeds)) == len(seeds), "two samples would share a random stream"
+            return outputs
+
+    module.LLM, module.SamplingParams = LLM, SamplingParams
+    return module
+
+
+def test_vllm_and_hf_backends_give_the_hand_computed_levels_from_the_same_texts(monkeypatch):
+    script = _script()
+    cfg = ProbeConfig(n_map=2, n_sample=4, seed=3)
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed, desc, n_samples):
+        assert n_samples == 4 and seed == 3
+        return [t for p in prompts for t in script[p]]
+
+    monkeypatch.setattr(probe_module, "generate", fake_generate)
+    hf = probe(MODEL, CharTokenizer(), _kb(), cfg)
+    vllm = fake_vllm(script)
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    vl = probe(MODEL, CharTokenizer(), _kb(), ProbeConfig(n_map=2, n_sample=4, seed=3, backend="vllm"))
+    for result in (hf, vl):
+        assert {split: (result.rate[split], result.level[split]) for split in EXPECTED} == EXPECTED
+        assert result.template_rate["P19"] == pytest.approx([(0 + 1 + 2 + 4 + 4 + 4 + 4) / 4 / 7, (2 + 3 + 4) / 4 / 7])
+    [engine] = vllm.engines  # one engine for every split, on the base model's weights and dtype
+    assert (engine.model, engine.dtype, engine.seed) == ("/cache/base_model/abc", "bfloat16", 3)
+
+
+def test_vllm_backend_is_a_config_choice_validated_before_any_stage(monkeypatch):
+    cfg = compose_config("mastery.backend=vllm")
+    assert cfg.mastery.backend == "vllm" and compose_config().mastery.backend == "hf"
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed: find_spec answers None, import fails
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value) == "mastery.backend=vllm needs the vllm package: `pip install vllm` on a GPU node, or use mastery.backend=hf"
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm({}))
+    validate(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_without_vllm_the_run_stops_in_one_line_and_writes_no_result(tmp_path):
+    proc = run_cli("mastery.backend=vllm", output_dir=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("error: mastery.backend=vllm needs the vllm package: "
+                                                    "`pip install vllm` on a GPU node, or use mastery.backend=hf")
+    assert not list(tmp_path.rglob("results.json")) and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
+                    reason="the real vLLM engine needs a CUDA GPU and `pip install vllm`")
+def test_real_vllm_samples_what_the_hf_path_samples(tmp_path):
+    from sft_knowledge.cache import Cache
+    from sft_knowledge.config import ModelError
+    from sft_knowledge.models import build_smollm2, load
+
+    try:
+        path, _ = build_smollm2(Cache(tmp_path))
+    except ModelError as err:
+        pytest.skip(str(err))
+    model, tokenizer = load(path, "bfloat16")
+    rel = Relation("P36", "What is the capital of [X]?", ("The capital of {subject} is", "{subject}'s capital city is"), True)
+    rows = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Zorblandia", "Quixville"), ("Vexmoor", "Plimtarn")]
+    facts = [Fact(s, "P36", o, rel.question(s)) for s, o in rows]
+    kb = KnowledgeBase({"P36": rel}, {"train": facts, "test": [], "testood": []})
+    cfg = dict(n_map=2, n_sample=20, max_new_tokens=12)
+    hf = probe(model, tokenizer, kb, ProbeConfig(**cfg))
+    vl = probe(model, tokenizer, kb, ProbeConfig(**cfg, backend="vllm"))
+    gap = sum(abs(a - b) for a, b in zip(hf.rate["train"], vl.rate["train"])) / len(rows)
+    print(f"\nR per fact, hf {hf.rate['train']} vs vllm {vl.rate['train']}: mean gap {gap:.3f}")
+    assert vl.level["train"][3:] == [0, 0] and gap < 0.15  # invented facts stay D-0; 40 samples per fact: sd of a gap ~0.1
