@@ -1,5 +1,6 @@
 """EntityQuestions: the paper's splits and sizes, 21 templates per relation, aliases, and dirty data."""
 import json
+import socket
 import zipfile
 from pathlib import Path
 
@@ -165,9 +166,11 @@ def test_an_archive_with_other_content_is_refused_and_nothing_is_cached(tmp_path
 
 
 def test_no_network_says_where_to_put_the_files(tmp_path, no_local_copy):
-    url = "http://127.0.0.1:9/dataset.zip"  # the discard port: connection refused, at once and offline
-    with pytest.raises(DataError) as err:
-        eq.resolve_root(eq.EntityQuestionsConfig(url=url), Cache(tmp_path / "cache"))
+    with socket.socket() as closed:  # a port bound but not listening: connection refused, at once and offline
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/dataset.zip"
+        with pytest.raises(DataError) as err:
+            eq.resolve_root(eq.EntityQuestionsConfig(url=url), Cache(tmp_path / "cache"))
     message = str(err.value)
     assert message.startswith(f"EntityQuestions: cannot download {url} (") and "\n" not in message
     assert message.endswith(f"put the upstream train/ and test/ folders in {eq.DEFAULT_ROOT}, or point data.root or ${eq.ROOT_ENV} at them")
