@@ -192,7 +192,8 @@ def fetch(cache: Cache, url: str, sha256: str) -> Path:
         os.replace(root, tmp / "entityquestions")
         shutil.rmtree(unpacked)
 
-    path, _ = cache.get_or_build("dataset", {"name": "entityquestions", "url": url, "sha256": sha256}, build)
+    # Keyed by content alone: a mirror with the same records reuses the entry.
+    path, _ = cache.get_or_build("dataset", {"name": "entityquestions", "sha256": sha256}, build)
     return path / "entityquestions"
 
 
