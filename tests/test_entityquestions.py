@@ -150,8 +150,9 @@ def test_missing_data_is_fetched_once_into_the_cache_and_checked(tmp_path, no_lo
     downloads = []
     monkeypatch.setattr(eq.urllib.request, "urlopen", lambda *a, **k: downloads.append(a))
     assert eq.resolve_root(cfg, cache) == root and downloads == []  # the second run reuses the entry
-    with pytest.raises(DataError, match="EntityQuestions not found at"):  # a folder the user named is not downloaded over
-        eq.resolve_root(eq.EntityQuestionsConfig(root=tmp_path / "typo", url=url, sha256=cfg.sha256), cache)
+    missing = tmp_path / "not_here"  # a named folder that is missing also falls back to the cached archive
+    assert eq.resolve_root(eq.EntityQuestionsConfig(root=missing, url=url, sha256=cfg.sha256), cache) == root
+    assert not missing.exists() and downloads == []
 
 
 def test_an_archive_with_other_content_is_refused_and_nothing_is_cached(tmp_path, no_local_copy):

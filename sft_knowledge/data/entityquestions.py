@@ -162,7 +162,7 @@ def _has_splits(path: Path) -> bool:
     return (path / "train").is_dir() and (path / "test").is_dir()
 
 
-def fetch(cache: Cache, url: str, sha256: str) -> Path:
+def fetch(cache: Cache, url: str, sha256: str, wanted: Path) -> Path:
     """The archive at `url`, downloaded and unpacked once into `<cache>/dataset/<key>/entityquestions`.
 
     Published only if its content matches `sha256`; a failed download or check leaves nothing behind.
@@ -174,7 +174,7 @@ def fetch(cache: Cache, url: str, sha256: str) -> Path:
                 shutil.copyfileobj(response, out)
         except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors; ValueError: not a URL
             raise DataError(f"EntityQuestions: cannot download {url} ({getattr(err, 'reason', err)}); put the upstream "
-                            f"train/ and test/ folders in {DEFAULT_ROOT}, or point data.root or ${ROOT_ENV} at them") from None
+                            f"train/ and test/ folders in {wanted}, or point data.root or ${ROOT_ENV} at them") from None
         try:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(unpacked)  # zipfile drops absolute paths and '..' from member names
@@ -202,14 +202,13 @@ def default_root() -> Path:
 
 
 def resolve_root(cfg: EntityQuestionsConfig, cache: Cache | None = None) -> Path:
-    """data.root, else $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions, else (with a cache) the
-    archive at data.url fetched into it. A folder the user named is never replaced by a download."""
-    named = cfg.root is not None or ROOT_ENV in os.environ
+    """data.root, else $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions; where that folder is missing
+    (and a cache is given), the archive at data.url fetched into the cache. The named folder is never written."""
     path = Path(cfg.root) if cfg.root is not None else default_root()
     if _has_splits(path):
         return path
-    if not named and cache is not None:
-        return fetch(cache, cfg.url, cfg.sha256)
+    if cache is not None:
+        return fetch(cache, cfg.url, cfg.sha256, path)
     raise DataError(f"EntityQuestions not found at {path}: put the upstream train/ and test/ folders "
                     f"(P<id>.<split>.jsonl or .json) there, or set data.root; source: {UPSTREAM}")
 
