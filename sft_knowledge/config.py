@@ -21,6 +21,7 @@ from .pretrain import PretrainConfig
 from .probe import BACKENDS, ESTIMATORS, ProbeConfig
 from .restore import REGIONS, STRATEGIES
 from .train import METHODS, CheckpointConfig, TrainConfig
+from .train import STRATEGIES as TRAIN_STRATEGIES
 
 PAPER_SIZES = (60, 120, 240, 480, 960, 1920)
 BUCKETS = ("all", "d0", "d1", "d2", "d3", "d4")
@@ -175,6 +176,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.mastery.temperature > 0, "mastery.temperature", cfg.mastery.temperature, "a number > 0")
     _check(cfg.train.method in METHODS, "train.method", cfg.train.method, ", ".join(METHODS))
     _check(cfg.train.lora_rank > 0, "train.lora_rank", cfg.train.lora_rank, "a positive integer")
+    _check(cfg.train.strategy in TRAIN_STRATEGIES, "train.strategy", cfg.train.strategy, ", ".join(TRAIN_STRATEGIES))
+    _check(cfg.train.strategy == "single" or cfg.train.method == "full", "train.strategy", cfg.train.strategy,
+           "single with train.method=lora (FSDP here trains every weight)")
+    procs = cfg.train.fsdp_processes
+    _check(procs is None or (isinstance(procs, int) and procs > 0), "train.fsdp_processes", procs, "a positive integer or null (one per GPU)")
     micro = cfg.train.micro_batch_size if cfg.train.micro_batch_size is not None else cfg.model.micro_batch_size
     _check(micro is None or (isinstance(micro, int) and 0 < micro <= cfg.train.batch_size and cfg.train.batch_size % micro == 0),
            "train.micro_batch_size", micro, f"a divisor of train.batch_size={cfg.train.batch_size}")

@@ -27,6 +27,7 @@ from .data.sampling import DataError, balanced_subset, bucket_facts
 from .data.synthetic import SyntheticWorld, build_world
 from .decoding import next_token_logits, qa_prompt
 from .evaluate import LevelAccuracy, accuracy, answer_hits, level_subsets
+from .fsdp import sft_fsdp
 from .kl import kl_stats, topk_renormalised_kl
 from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, smollm2_spec, tiny_world_spec
 from .prescreen import facts_from_json, facts_to_json, prescreen
@@ -135,6 +136,23 @@ def token_kl(model, tokenizer, ft_prompts: list[str], base_logits: torch.Tensor,
     return topk_renormalised_kl(next_token_logits(model, tokenizer, ft_prompts), base_logits, top_k)
 
 
+@dataclass
+class KLCurve:
+    """The KL during SFT: after `points` evenly spaced optimizer steps, the mean KL of the model being trained.
+    A picklable object rather than a closure, so the FSDP workers run it too."""
+    prompts: list[str]
+    base_logits: torch.Tensor
+    top_k: int
+    points: int
+
+    def __call__(self, model, tokenizer, step: int, steps: int) -> dict | None:
+        if not (self.prompts and step in curve_steps(steps, self.points)):
+            return None
+        kl_mean = token_kl(model, tokenizer, self.prompts, self.base_logits, self.top_k).mean().item()
+        model.train()
+        return {"kl_mean": kl_mean}
+
+
 def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any]:
     """Run every stage for `cfg`, logging through `tracker`; return the results record (accuracies in percent)."""
     timer = Timer()
@@ -186,23 +204,22 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
         "train": asdict(cfg.train), "lr": lr, "seed": cfg.seed, "kl": asdict(cfg.kl), "eval_seed": cfg.eval.seed,
     }
 
+    curve = KLCurve(ft_prompts, base_logits, cfg.kl.top_k, cfg.kl.curve_points)
+
     def fine_tune(tmp: Path) -> None:
-        # LoRA trains adapters on top of the base weights; the KL base (base_logits) is that model with its adapter disabled.
-        tuned = attach_lora(model, cfg.train) if cfg.train.method == "lora" else model
-
-        def on_step(step: int, steps: int, loss: float, step_lr: float) -> dict | None:
-            if not (kl_facts and step in curve_steps(steps, cfg.kl.curve_points)):
-                return None
-            kl_mean = token_kl(tuned, tokenizer, ft_prompts, base_logits, cfg.kl.top_k).mean().item()
-            tuned.train()
-            return {"kl_mean": kl_mean}
-
-        # Checkpoints live beside the entry, keyed like it: a requeued job resumes this very SFT.
-        train_log = asdict(sft(tuned, tokenizer, train_facts, cfg.train, lr, cfg.seed, on_step,
-                               cache.work_dir("sft", sft_spec), cfg.checkpoint,
-                               cfg.model.micro_batch_size, cfg.model.gradient_checkpointing))
-        # Saved merged: restoration and every later stage read ordinary weights.
-        (merge_lora(tuned) if cfg.train.method == "lora" else tuned).save_pretrained(tmp)
+        if cfg.train.strategy == "fsdp":  # the workers read the base weights themselves; rank 0 saves into tmp
+            train_log = asdict(sft_fsdp(base_dir, tokenizer, train_facts, cfg.train, lr, cfg.seed, tmp, cfg.model.dtype,
+                                        curve, cfg.model.micro_batch_size, cfg.model.gradient_checkpointing))
+        else:
+            # LoRA trains adapters on top of the base weights; the KL base (base_logits) is that model with its adapter disabled.
+            tuned = attach_lora(model, cfg.train) if cfg.train.method == "lora" else model
+            # Checkpoints live beside the entry, keyed like it: a requeued job resumes this very SFT.
+            train_log = asdict(sft(tuned, tokenizer, train_facts, cfg.train, lr, cfg.seed,
+                                   lambda step, steps, *_: curve(tuned, tokenizer, step, steps),
+                                   cache.work_dir("sft", sft_spec), cfg.checkpoint,
+                                   cfg.model.micro_batch_size, cfg.model.gradient_checkpointing))
+            # Saved merged: restoration and every later stage read ordinary weights.
+            (merge_lora(tuned) if cfg.train.method == "lora" else tuned).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         train_log["kl_curve"] = train_log.pop("events")
         (tmp / "train_log.json").write_text(json.dumps(train_log))

@@ -5,7 +5,8 @@ Prompt `{bos}<|question|> {q} <|answer|>`, target ` {a}{eos}`, loss on the targe
 schedule, 1 epoch, batch 8 as in the paper; warm-up and weight decay default to 0 (not stated).
 A batch larger than fits in memory is reached by gradient accumulation over micro-batches.
 `method="lora"` trains low-rank adapters (peft) instead of every weight; `merge_lora` folds them in,
-so the later stages (restoration included) see ordinary merged weights.
+so the later stages (restoration included) see ordinary merged weights. Run in every process of an FSDP
+group (fsdp.py), `sft` trains that rank's share of each global batch; the result is the same.
 
 Given a checkpoint directory, SFT is resumable: model, optimizer, step, RNG, data order and the
 training log are saved every `checkpoint.every` steps and when SLURM or submitit signals the job
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .data.facts import Fact
@@ -32,6 +34,7 @@ from .decoding import encode_prompts, encode_targets, qa_prompt
 
 IGNORE = -100
 METHODS = ("full", "lora")
+STRATEGIES = ("single", "fsdp")
 
 
 @dataclass
@@ -44,6 +47,8 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    strategy: str = "single"  # single: this process trains the whole model | fsdp: sharded over processes (fsdp.py)
+    fsdp_processes: Any = None  # fsdp: processes, one per GPU (None: every visible GPU); on a CPU machine, gloo processes
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -154,6 +159,7 @@ def sft(
     optimizer step; a dict it returns is kept in the log's `events`. With `checkpoint_dir`, resume from its
     checkpoint if any."""
     checkpoint = checkpoint or CheckpointConfig()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     prompts = encode_prompts(tokenizer, [qa_prompt(f.question) for f in facts])
@@ -187,21 +193,29 @@ def sft(
         log.resumed_at.append(start)
     model.train()
     with DeferredSignals() as signals:
-        for step in tqdm(range(start, total), desc=f"SFT on {len(facts)} facts", mininterval=5, disable=total < 50):
+        for step in tqdm(range(start, total), desc=f"SFT on {len(facts)} facts", mininterval=5, disable=total < 50 or rank > 0):
             step_examples = [examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
             step_lr = cosine_lr(step, total, lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = step_lr
             # Gradient accumulation: each micro-batch's mean loss weighted by its share of the step's answer
-            # tokens, so the gradient equals that of the whole batch at once.
+            # tokens, so the gradient equals that of the whole batch at once. Under FSDP each rank takes every
+            # world-th example and the ranks' gradients are summed; every rank runs the same number of passes
+            # (FSDP's collectives pair them up), a rank out of examples a zero-weighted one.
             n_tokens = sum(len(t) for _, t in step_examples)
+            mine = step_examples[rank::world]
+            passes = math.ceil(math.ceil(len(step_examples) / world) / micro)
             loss_sum = 0.0
-            for first in range(0, len(step_examples), micro):
-                chunk = step_examples[first : first + micro]
+            for first in range(0, passes * micro, micro):
+                chunk = mine[first : first + micro]
                 share = sum(len(t) for _, t in chunk) / n_tokens
-                loss = model(**{k: v.to(device) for k, v in _batch(chunk, pad).items()}).loss * share
+                loss = model(**{k: v.to(device) for k, v in _batch(chunk or step_examples[:1], pad).items()}).loss * share
                 loss.backward()
                 loss_sum += loss.item()
+            if world > 1:  # the step's loss is the sum of the ranks' shares
+                total_loss = torch.tensor(loss_sum, dtype=torch.float64, device=device)
+                dist.all_reduce(total_loss)
+                loss_sum = total_loss.item()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)

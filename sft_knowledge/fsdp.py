@@ -1,0 +1,110 @@
+"""Stage 2 for models larger than one GPU (70B): SFT with the weights sharded over processes (PyTorch FSDP2).
+
+`sft_fsdp` spawns one process per GPU (on a CPU machine, a given number of gloo processes: the tests) from the
+calling process, so on SLURM one task of one node runs the cell as before and starts its own workers. Each
+process runs `train.sft` on its share of every global batch, with the same schedule and loss; rank 0 gathers
+the fine-tuned weights and saves them as an ordinary Hugging Face directory, which the later stages load.
+
+Why torch's `fully_shard` rather than accelerate's FSDP plugin: accelerate 1.15 turns FSDP on only for GPU-like
+process groups (on CPU processes `prepare` falls back to DDP), so the CPU tests could not run the code the
+cluster runs. Its FSDP2 path does what `_sharded_model` does: `fully_shard` each decoder layer and the model,
+and load the weights on rank 0 only (its `cpu_ram_efficient_loading`).
+
+Not yet: mid-SFT checkpoints. A requeued cell trains its FSDP SFT again from the start.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .config import ConfigError
+from .data.facts import Fact
+from .models import DTYPES
+from .train import TrainConfig, TrainLog, sft
+
+
+def sft_fsdp(
+    base: str | Path,
+    tokenizer,
+    facts: list[Fact],
+    cfg: TrainConfig,
+    lr: float,
+    seed: int,
+    out_dir: Path,
+    dtype: str = "float32",
+    curve: Callable | None = None,
+    micro_batch_size: int | None = None,
+    gradient_checkpointing: bool = False,
+) -> TrainLog:
+    """Fine-tune the model at `base` (a Hugging Face directory or hub id) over `cfg.fsdp_processes` processes and
+    save it to `out_dir`; return the training log. `curve(model, tokenizer, step, total)` runs after every step on
+    every rank (its forward passes are collective) and must be picklable; what it returns is logged as in `sft`."""
+    gpus = torch.cuda.device_count()
+    processes = cfg.fsdp_processes or gpus
+    if processes < 1 or (gpus and processes > gpus):
+        raise ConfigError(f"train.fsdp_processes={processes} is not allowed: expected 1..{gpus} (one per GPU)" if gpus else
+                          "train.strategy=fsdp on a machine without GPUs needs train.fsdp_processes (gloo processes on the CPU)")
+    # A file rendezvous, not a TCP port: cells sharing a node cannot collide.
+    with tempfile.TemporaryDirectory() as rendezvous:
+        # Daemonic: the workers end with the cell (submitit's requeue handler exits the main process mid-SFT).
+        torch.multiprocessing.spawn(_worker, nprocs=processes, daemon=True, args=(
+            processes, f"file://{rendezvous}/store", str(base), dtype, tokenizer, facts, cfg, lr, seed, Path(out_dir),
+            curve, micro_batch_size, gradient_checkpointing))
+    return TrainLog(**json.loads((Path(out_dir) / "train_log.json").read_text()))
+
+
+def _worker(rank: int, world: int, init_method: str, base: str, dtype: str, tokenizer, facts, cfg, lr, seed, out_dir: Path,
+            curve, micro_batch_size, gradient_checkpointing) -> None:
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the cell's cores, shared by its processes
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        model = _sharded_model(base, dtype, rank, device)
+        on_step = (lambda step, total, *_: curve(model, tokenizer, step, total)) if curve is not None else None
+        log = sft(model, tokenizer, facts, cfg, lr, seed, on_step,
+                  micro_batch_size=micro_batch_size, gradient_checkpointing=gradient_checkpointing)
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            model.save_pretrained(out_dir, state_dict=weights)
+            (out_dir / "train_log.json").write_text(json.dumps(asdict(log)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _sharded_model(base: str, dtype: str, rank: int, device: torch.device):
+    """The model at `base`, each decoder layer and the rest sharded over the ranks. Only rank 0 reads the weights
+    (a copy per process of a 70B model would not fit in a node's memory); the others build the model on the meta
+    device and receive their shards from rank 0."""
+    if rank == 0:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[dtype])
+    else:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=DTYPES[dtype])
+    weights = model.state_dict() if rank == 0 else {}
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            # sft() weights each rank's examples by their share of the global batch, so the gradients are summed
+            # (factor 1), with SUM, which gloo has (it lacks AVG).
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+    if rank > 0:
+        model.to_empty(device=device)
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():  # not in the state dict (e.g. the rotary frequencies): rank 0 has them
+        dist.broadcast(buffer, src=0)
+    return model

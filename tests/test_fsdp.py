@@ -1,0 +1,98 @@
+"""train.strategy=fsdp: the same SFT with the model sharded over processes (gloo on the CPU, NCCL on GPUs)."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from conftest import compose_config, run_cli
+from sft_knowledge.config import ConfigError
+from sft_knowledge.data.facts import Fact
+from sft_knowledge.decoding import next_token_logits, qa_prompt
+from sft_knowledge.fsdp import sft_fsdp
+from sft_knowledge.pipeline import KLCurve
+from sft_knowledge.pretrain import train_tokenizer
+from sft_knowledge.train import TrainConfig, sft
+
+# 21 facts: global batches of 8, 8 and 5; over two ranks with micro-batches of 2 the last one leaves rank 1 a
+# micro-batch short, which it must still run (zero-weighted) for FSDP's collectives.
+FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(21)]
+
+
+def _base(path):
+    """A randomly initialised two-layer Llama and its tokenizer, saved where the FSDP workers read them."""
+    tok = train_tokenizer([f"{f.question} {f.object}." for f in FACTS], 200)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok
+
+
+def test_two_gloo_processes_give_the_single_process_weights(tmp_path):
+    model, tok = _base(tmp_path / "base")
+    prompts = [qa_prompt(f.question) for f in FACTS[:6]]
+    curve = KLCurve(prompts, next_token_logits(model, tok, prompts), top_k=5, points=3)
+    cfg = TrainConfig(batch_size=8, strategy="fsdp", fsdp_processes=2)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    single = sft(model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, steps, *_: curve(model, tok, step, steps))
+    # Micro-batches of 2 and gradient checkpointing (the 70B preset's) change how, not what, is computed.
+    sharded = sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "ft", curve=curve,
+                       micro_batch_size=2, gradient_checkpointing=True)
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "ft")
+
+    assert sharded.steps == single.steps == 3 and sharded.lr == single.lr
+    assert [e["step"] for e in sharded.events] == [e["step"] for e in single.events] == [1, 2, 3]
+    # float32 and the same sums in another order (two ranks, micro-batches, reduce-scatter): measured at most 6e-7
+    # apart on the weights, which SFT moved by 2e-2; dropping one example per rank and step moved them 2e-3..4e-2.
+    assert sharded.loss == pytest.approx(single.loss, rel=1e-5)
+    assert [e["kl_mean"] for e in sharded.events] == pytest.approx([e["kl_mean"] for e in single.events], rel=1e-4, abs=1e-6)
+    got = tuned.state_dict()
+    for name, want in model.state_dict().items():
+        torch.testing.assert_close(got[name], want, atol=1e-5, rtol=1e-4, msg=name)
+        assert (want - base[name]).abs().max() > 1e-3, name  # every tensor moved: not two untrained models compared
+
+
+def test_the_13b_and_70b_models_pick_fsdp_and_the_command_line_overrides_it():
+    assert [compose_config(f"model={m}").train.strategy for m in ("llama3_8b", "llama2_13b", "llama3_70b")] == ["single", "fsdp", "fsdp"]
+    assert compose_config("model=llama3_70b", "train=full").train.strategy == "single"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 0, reason="checks the CPU machine's message")
+def test_fsdp_without_gpus_or_a_process_count_says_what_to_set(tmp_path):
+    with pytest.raises(ConfigError, match="needs train.fsdp_processes"):
+        sft_fsdp(tmp_path, None, FACTS, TrainConfig(strategy="fsdp"), 1e-2, 0, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() == 0, reason="NCCL and bf16 FSDP need GPUs (two to shard over)")
+def test_gpus_bf16_match_one_process(tmp_path):
+    model, tok = _base(tmp_path / "base")
+    cfg = TrainConfig(batch_size=8, strategy="fsdp", fsdp_processes=min(2, torch.cuda.device_count()))
+    model = model.to(torch.bfloat16).cuda()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    single = sft(model, tok, FACTS, cfg, lr=1e-2, seed=0)
+    sharded = sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "ft", dtype="bfloat16")
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "ft", dtype=torch.bfloat16).cuda()
+    # bf16 keeps 8 bits of mantissa, so the same sums in another order differ by its ulps, and Adam can turn a
+    # near-zero gradient's sign: compare on average, against how far SFT moved the weights, not element by element.
+    assert sharded.loss == pytest.approx(single.loss, rel=2e-2)
+    got = tuned.state_dict()
+    for name, want in model.state_dict().items():
+        apart, moved = (got[name] - want).float().abs().mean(), (want - base[name]).float().abs().mean()
+        assert apart < 0.1 * moved, name
+
+
+@pytest.mark.slow
+def test_the_pipeline_with_fsdp_in_a_submitit_job_gives_the_single_process_results(smoke_cache, tmp_path):
+    # As on SLURM, the cell runs in a submitit job (here a local one) and spawns its SFT processes there.
+    run_cli("-m", "hydra/launcher=local_parallel", "train=fsdp", "train.fsdp_processes=2", output_dir=tmp_path / "fsdp",
+            cache_dir=smoke_cache)
+    run_cli(output_dir=tmp_path / "single", cache_dir=smoke_cache)  # the session fixture fine-tuned this one
+    [fsdp], [single] = ([json.loads(p.read_text()) for p in (tmp_path / d).glob("runs/*/results.json")] for d in ("fsdp", "single"))
+    assert fsdp["cache_hits"]["sft"] is False and fsdp["config"]["train"]["strategy"] == "fsdp"
+    assert fsdp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-5)
+    assert [p["kl_mean"] for p in fsdp["kl_curve"]] == pytest.approx([p["kl_mean"] for p in single["kl_curve"]], rel=1e-4)
+    assert fsdp["kl_test4"] == pytest.approx(single["kl_test4"], rel=1e-4)
+    # Greedy answers of weights 1e-6 apart can still flip on a near-tie: accuracies within a point.
+    assert fsdp["acc_test"] == pytest.approx(single["acc_test"], abs=1) and fsdp["acc_testood"] == pytest.approx(single["acc_testood"], abs=1)
