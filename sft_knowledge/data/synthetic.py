@@ -75,7 +75,7 @@ class SyntheticWorldConfig:
     n_train: int = 20000  # in-domain facts for training buckets
     n_test: int = 1500  # in-domain facts held out for testing
     n_testood: int = 1500  # facts of the out-of-domain relations
-    n_bridge_per_relation: int = 80  # facts outside every split, also seen as QA text
+    n_bridge_per_relation: int = 300  # facts outside every split, also seen as QA text (extractability)
     bridge_statements: int = 8
     bridge_questions: int = 4
     exposure_zero_frac: float = 0.1  # facts never stated in the corpus
