@@ -118,6 +118,9 @@ class ResourcesConfig:
     cpus: int = 1  # CPU cores (also the threads torch uses)
     mem_gb: int = 4
     timeout_min: int = 60  # wall time; a cell that hits it is checkpointed and requeued
+    # Where the base and fine-tuned weight copies kept for restoration live: `device` (beside the model) or `cpu`
+    # (node memory: on a model spread over several GPUs, their memory is left to the model and the SFT workers).
+    weight_copies: str = "device"
 
 
 @dataclass
@@ -166,6 +169,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.mastery.bucket in BUCKETS, "mastery.bucket", cfg.mastery.bucket, ", ".join(BUCKETS))
     _check(cfg.mastery.estimator in ESTIMATORS, "mastery.estimator", cfg.mastery.estimator, ", ".join(ESTIMATORS))
     _check(cfg.mastery.backend in BACKENDS, "mastery.backend", cfg.mastery.backend, ", ".join(BACKENDS))
+    _check(cfg.resources.weight_copies in ("device", "cpu"), "resources.weight_copies", cfg.resources.weight_copies, "device, cpu")
     if cfg.mastery.backend == "vllm" and cfg.mastery.estimator != "sampling":
         raise ConfigError(f"mastery.backend=vllm only samples: use mastery.estimator=sampling, or mastery.backend=hf "
                           f"for mastery.estimator={cfg.mastery.estimator}")

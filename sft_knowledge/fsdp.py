@@ -10,11 +10,16 @@ process groups (on CPU processes `prepare` falls back to DDP), so the CPU tests 
 cluster runs. Its FSDP2 path does what `_sharded_model` does: `fully_shard` each decoder layer and the model,
 and load the weights on rank 0 only (its `cpu_ram_efficient_loading`).
 
-Not yet: mid-SFT checkpoints. A requeued cell trains its FSDP SFT again from the start.
+Checkpoints and signals: each worker runs `sft` with the cell's checkpoint directory, so every rank saves its
+shards every `checkpoint.every` steps and all of them at the same step when any is signalled. The main process
+holds SIGTERM and SIGUSR2 (SLURM's stop, submitit's time-out and preemption), passes them to the workers, waits
+until they have saved and ended, then hands the signal to submitit, which requeues the job; the requeued cell
+resumes from that checkpoint.
 """
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
@@ -29,7 +34,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from .config import ConfigError
 from .data.facts import Fact
 from .models import DTYPES
-from .train import TrainConfig, TrainLog, sft
+from .train import CheckpointConfig, DeferredSignals, TrainConfig, TrainLog, sft
 
 
 def sft_fsdp(
@@ -44,26 +49,40 @@ def sft_fsdp(
     curve: Callable | None = None,
     micro_batch_size: int | None = None,
     gradient_checkpointing: bool = False,
+    checkpoint_dir: Path | None = None,
+    checkpoint: CheckpointConfig | None = None,
 ) -> TrainLog:
     """Fine-tune the model at `base` (a Hugging Face directory or hub id) over `cfg.fsdp_processes` processes and
     save it to `out_dir`; return the training log. `curve(model, tokenizer, step, total)` runs after every step on
-    every rank (its forward passes are collective) and must be picklable; what it returns is logged as in `sft`."""
+    every rank (its forward passes are collective) and must be picklable; what it returns is logged as in `sft`.
+    With `checkpoint_dir`, resume from its checkpoint if any, as `sft` does."""
     gpus = torch.cuda.device_count()
     processes = cfg.fsdp_processes or gpus
     if processes < 1 or (gpus and processes > gpus):
         raise ConfigError(f"train.fsdp_processes={processes} is not allowed: expected 1..{gpus} (one per GPU)" if gpus else
                           "train.strategy=fsdp on a machine without GPUs needs train.fsdp_processes (gloo processes on the CPU)")
     # A file rendezvous, not a TCP port: cells sharing a node cannot collide.
-    with tempfile.TemporaryDirectory() as rendezvous:
-        # Daemonic: the workers end with the cell (submitit's requeue handler exits the main process mid-SFT).
-        torch.multiprocessing.spawn(_worker, nprocs=processes, daemon=True, args=(
+    with tempfile.TemporaryDirectory() as rendezvous, DeferredSignals() as signals:
+        # Daemonic: the workers end with the cell, whatever ends it.
+        workers = torch.multiprocessing.start_processes(_worker, nprocs=processes, daemon=True, join=False, args=(
             processes, f"file://{rendezvous}/store", str(base), dtype, tokenizer, facts, cfg, lr, seed, Path(out_dir),
-            curve, micro_batch_size, gradient_checkpointing))
+            curve, micro_batch_size, gradient_checkpointing, checkpoint_dir, checkpoint), start_method="spawn")
+        passed_on = 0
+        try:
+            while not workers.join(timeout=1):
+                for signum in signals.caught[passed_on:]:  # SLURM may signal only this process: the workers must save
+                    for process in workers.processes:
+                        if process.is_alive():
+                            os.kill(process.pid, signum)
+                passed_on = len(signals.caught)
+        except Exception:
+            signals.forward()  # the workers stopped for a signal and saved: submitit's handler requeues the job
+            raise
     return TrainLog(**json.loads((Path(out_dir) / "train_log.json").read_text()))
 
 
 def _worker(rank: int, world: int, init_method: str, base: str, dtype: str, tokenizer, facts, cfg, lr, seed, out_dir: Path,
-            curve, micro_batch_size, gradient_checkpointing) -> None:
+            curve, micro_batch_size, gradient_checkpointing, checkpoint_dir, checkpoint) -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     if cuda:
@@ -73,7 +92,7 @@ def _worker(rank: int, world: int, init_method: str, base: str, dtype: str, toke
     try:
         model = _sharded_model(base, dtype, rank, device)
         on_step = (lambda step, total, *_: curve(model, tokenizer, step, total)) if curve is not None else None
-        log = sft(model, tokenizer, facts, cfg, lr, seed, on_step,
+        log = sft(model, tokenizer, facts, cfg, lr, seed, on_step, checkpoint_dir, checkpoint,
                   micro_batch_size=micro_batch_size, gradient_checkpointing=gradient_checkpointing)
         weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if rank == 0:

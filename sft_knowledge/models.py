@@ -24,10 +24,15 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load(path: str | Path, dtype: str = "float32"):
-    """A causal LM and its tokenizer from a Hugging Face directory, on the best device, in eval mode."""
+def load(path: str | Path, dtype: str = "float32", spread: bool = False):
+    """A causal LM and its tokenizer from a Hugging Face directory, on the best device, in eval mode. With `spread`
+    and several GPUs visible, its layers are spread over all of them (accelerate's device_map="auto"): a 70B model
+    fits on no single GPU."""
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device())
+    if spread and torch.cuda.device_count() > 1:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map="auto")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device())
     return model.eval(), tokenizer
 
 

@@ -51,8 +51,9 @@ class Timer:
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.time() - start, 2)
 
 
-def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def weight_copy(model, where: str) -> dict[str, torch.Tensor]:
+    """A copy of the weights, beside them (`device`) or in node memory (`cpu`: resources.weight_copies)."""
+    return {k: v.detach().to("cpu", copy=True) if where == "cpu" else v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def probe_config(cfg: Config) -> ProbeConfig:
@@ -163,9 +164,10 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
         raise ConfigError(f"model=tiny_world is pretrained on the synthetic world; with data={cfg.data.name} choose a real model, e.g. model=smollm2_135m")
     with timer("world"):
         kb, world, data_spec = load_data(cfg, cache)
+    spread = cfg.model.n_gpus > 1  # the model over the job's GPUs (models.load)
     with timer("base_model"):
         base_dir, hits["base_model"], base_spec = load_base_model(cfg, cache, world)
-        model, tokenizer = load(base_dir, cfg.model.dtype)
+        model, tokenizer = load(base_dir, cfg.model.dtype, spread)
     prescreen_counts = None
     if data_spec is not None and cfg.data.subset.candidates is not None:
         with timer("prescreen"):
@@ -195,7 +197,10 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
     ft_prompts, base_prompts = kl_prompts(kb, kl_facts, levels, cfg.kl.base_prompt)
     with timer("kl"):
         base_logits = next_token_logits(model, tokenizer, base_prompts) if kl_facts else torch.empty(0)
-    base_state = _state(model)
+    base_state = weight_copy(model, cfg.resources.weight_copies)
+    if cfg.train.strategy == "fsdp":
+        model = None  # the SFT workers load their own shards: this process's copy would hold GPU memory they need
+        torch.cuda.empty_cache()
 
     lr = cfg.train.lr if cfg.train.lr is not None else cfg.model.lr
     sft_spec = {
@@ -207,16 +212,18 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
     curve = KLCurve(ft_prompts, base_logits, cfg.kl.top_k, cfg.kl.curve_points)
 
     def fine_tune(tmp: Path) -> None:
+        # Checkpoints live beside the entry, keyed like it: a requeued job resumes this very SFT.
+        checkpoint_dir = cache.work_dir("sft", sft_spec)
         if cfg.train.strategy == "fsdp":  # the workers read the base weights themselves; rank 0 saves into tmp
             train_log = asdict(sft_fsdp(base_dir, tokenizer, train_facts, cfg.train, lr, cfg.seed, tmp, cfg.model.dtype,
-                                        curve, cfg.model.micro_batch_size, cfg.model.gradient_checkpointing))
+                                        curve, cfg.model.micro_batch_size, cfg.model.gradient_checkpointing,
+                                        checkpoint_dir, cfg.checkpoint))
         else:
             # LoRA trains adapters on top of the base weights; the KL base (base_logits) is that model with its adapter disabled.
             tuned = attach_lora(model, cfg.train) if cfg.train.method == "lora" else model
-            # Checkpoints live beside the entry, keyed like it: a requeued job resumes this very SFT.
             train_log = asdict(sft(tuned, tokenizer, train_facts, cfg.train, lr, cfg.seed,
                                    lambda step, steps, *_: curve(tuned, tokenizer, step, steps),
-                                   cache.work_dir("sft", sft_spec), cfg.checkpoint,
+                                   checkpoint_dir, cfg.checkpoint,
                                    cfg.model.micro_batch_size, cfg.model.gradient_checkpointing))
             # Saved merged: restoration and every later stage read ordinary weights.
             (merge_lora(tuned) if cfg.train.method == "lora" else tuned).save_pretrained(tmp)
@@ -226,8 +233,8 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
 
     with timer("sft"):
         ft_dir, hits["sft"] = cache.get_or_build("sft", sft_spec, fine_tune)
-        model, tokenizer = load(ft_dir, cfg.model.dtype)
-        ft_state = _state(model)
+        model, tokenizer = load(ft_dir, cfg.model.dtype, spread)
+        ft_state = weight_copy(model, cfg.resources.weight_copies)
         train_log = json.loads((ft_dir / "train_log.json").read_text())
     kl_at = {point["step"]: point["kl_mean"] for point in train_log["kl_curve"]}
     n_steps = len(train_log["loss"])

@@ -11,15 +11,19 @@ group (fsdp.py), `sft` trains that rank's share of each global batch; the result
 Given a checkpoint directory, SFT is resumable: model, optimizer, step, RNG, data order and the
 training log are saved every `checkpoint.every` steps and when SLURM or submitit signals the job
 (SIGTERM, SIGUSR2), and a later call with the same directory continues from there with the same result.
+Checkpoints are written with torch.distributed.checkpoint, so under FSDP every rank saves its own shards
+(a 70B model's optimizer state is never gathered in one process) and one process reads the same format.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from tqdm.auto import tqdm
 
 from .data.facts import Fact
@@ -100,12 +106,60 @@ class DeferredSignals:
             signal.signal(s, handler)
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a job killed while saving leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _dcp(operation, state: dict, path: Path) -> None:
+    """dcp.save or dcp.load; in one process (no process group) it works as is and need not warn about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled, unavailable or uninitialized")
+        operation(state, checkpoint_id=path)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The last complete checkpoint under `root` (`latest` names it), or None. Its `state.pt` holds step and log."""
+    pointer = Path(root) / "latest"
+    return Path(root) / pointer.read_text() if pointer.exists() else None
+
+
+def _save_checkpoint(root: Path, model, opt, state: dict[str, Any]) -> None:
+    """Every rank writes its shards of model and optimizer and its RNG state into `step-N/`; once all have, rank 0
+    points `latest` at it (an atomic rename) and removes older ones: a job killed mid-save keeps the previous one."""
+    rank, target = _rank(), Path(root) / f"step-{state['step']:06d}"
+    model_state, optim_state = get_state_dict(model, opt)
+    _dcp(dcp.save, {"model": model_state, "optimizer": optim_state}, target)
+    torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               target / f"rng-{rank}.pt")
+    if rank == 0:
+        torch.save(state, target / "state.pt")
+    _barrier()
+    if rank == 0:
+        tmp = Path(root) / f"latest.tmp{os.getpid()}"
+        tmp.write_text(target.name)
+        os.replace(tmp, Path(root) / "latest")
+        for old in Path(root).glob("step-*"):
+            if old != target:
+                shutil.rmtree(old)
+    _barrier()
+
+
+def _load_checkpoint(path: Path, model, opt) -> dict[str, Any]:
+    """Load `path` into model and optimizer (each rank its shards) and this rank's RNG; return its `state.pt`."""
+    model_state, optim_state = get_state_dict(model, opt)
+    loaded = {"model": model_state, "optimizer": optim_state}
+    _dcp(dcp.load, loaded, path)
+    set_state_dict(model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+    rng = torch.load(path / f"rng-{_rank()}.pt")
+    torch.set_rng_state(rng["cpu"])
+    if rng["cuda"] is not None:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return torch.load(path / "state.pt")
 
 
 def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -181,14 +235,9 @@ def sft(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     log, start = TrainLog([], [], total), 0
-    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    resume_from = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume_from is not None:
+        state = _load_checkpoint(resume_from, model, opt)
         order, start, log = state["order"], state["step"], TrainLog(**state["log"])
         log.resumed_at.append(start)
     model.train()
@@ -225,14 +274,19 @@ def sft(
             if event is not None:
                 log.events.append({"step": step + 1, **event})
             periodic = checkpoint.every > 0 and (step + 1) % checkpoint.every == 0 and step + 1 < total
-            if ckpt_path is not None and (periodic or signals.caught):
-                _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                                  "order": order, "step": step + 1, "log": asdict(log)})
+            stopping = bool(signals.caught)
+            if world > 1:  # a signal seen by any rank stops them all at this step: the save is collective
+                flag = torch.tensor(int(stopping), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stopping = bool(flag.item())
+            if checkpoint_dir is not None and (periodic or stopping):
+                _save_checkpoint(checkpoint_dir, model, opt, {"order": order, "step": step + 1, "log": asdict(log)})
                 deadline = time.time() + (checkpoint.debug_pause_s if periodic else 0)
                 while time.time() < deadline and not signals.caught:
                     time.sleep(0.1)
             signals.forward()
+            if stopping and world > 1:  # a rank that was not signalled itself ends too (fsdp.py passes the signal on)
+                raise SystemExit(f"rank {rank}: SFT stopped by a signal after step {step + 1}")
     if gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()

@@ -40,6 +40,7 @@ def test_mastery_option_selects_bucket():
         ("restore.strategy=best", "restore.strategy='best' is not allowed: expected top, bottom, random"),
         ("mastery.estimator=guess", "mastery.estimator='guess' is not allowed: expected sampling, likelihood"),
         ("mastery.backend=tgi", "mastery.backend='tgi' is not allowed: expected hf, vllm"),
+        ("resources.weight_copies=disk", "resources.weight_copies='disk' is not allowed: expected device, cpu"),
         ("mastery.backend=vllm mastery.estimator=likelihood",
          "mastery.backend=vllm only samples: use mastery.estimator=sampling, or mastery.backend=hf for mastery.estimator=likelihood"),
         ("kl.level=5", "kl.level=5 is not allowed: expected 0..4"),

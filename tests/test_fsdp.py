@@ -1,5 +1,7 @@
 """train.strategy=fsdp: the same SFT with the model sharded over processes (gloo on the CPU, NCCL on GPUs)."""
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from sft_knowledge.decoding import next_token_logits, qa_prompt
 from sft_knowledge.fsdp import sft_fsdp
 from sft_knowledge.pipeline import KLCurve
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.train import TrainConfig, sft
+from sft_knowledge.train import CheckpointConfig, TrainConfig, latest_checkpoint, sft
 
 # 21 facts: global batches of 8, 8 and 5; over two ranks with micro-batches of 2 the last one leaves rank 1 a
 # micro-batch short, which it must still run (zero-weighted) for FSDP's collectives.
@@ -30,6 +32,7 @@ def _base(path):
     return model, tok
 
 
+@pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="two processes need two GPUs on a GPU machine")
 def test_two_gloo_processes_give_the_single_process_weights(tmp_path):
     model, tok = _base(tmp_path / "base")
     prompts = [qa_prompt(f.question) for f in FACTS[:6]]
@@ -54,6 +57,50 @@ def test_two_gloo_processes_give_the_single_process_weights(tmp_path):
         assert (want - base[name]).abs().max() > 1e-3, name  # every tensor moved: not two untrained models compared
 
 
+class SignalAtStep:
+    """On one rank, after one step: the signal SLURM or submitit sends before a time-out or preemption, to that
+    worker and to the cell's main process (picklable, so the spawned workers can run it)."""
+
+    def __init__(self, step: int, rank: int):
+        self.step, self.rank = step, rank
+
+    def __call__(self, model, tokenizer, step, total):
+        if step == self.step and torch.distributed.get_rank() == self.rank:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getppid(), signal.SIGUSR2)
+        return {"seen": step}
+
+
+class Requeued(Exception):
+    """Stands for submitit's handler of SIGUSR2, which requeues the job and exits."""
+
+
+@pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="two processes need two GPUs on a GPU machine")
+def test_a_signalled_fsdp_sft_saves_every_shard_and_resumes_to_the_same_weights(tmp_path):
+    _, tok = _base(tmp_path / "base")
+    cfg = TrainConfig(batch_size=4, strategy="fsdp", fsdp_processes=2)  # 6 steps
+    reference = sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "reference", curve=SignalAtStep(0, 0))
+
+    previous = signal.signal(signal.SIGUSR2, lambda *a: (_ for _ in ()).throw(Requeued()))
+    try:  # rank 1 alone is signalled after step 2: both ranks must save at step 2, then stop
+        with pytest.raises(Requeued):
+            sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "ft", curve=SignalAtStep(2, 1),
+                     checkpoint_dir=tmp_path / "ckpt", checkpoint=CheckpointConfig(every=0))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    saved = latest_checkpoint(tmp_path / "ckpt")
+    assert torch.load(saved / "state.pt")["step"] == 2 and sorted(p.name for p in saved.glob("rng-*")) == ["rng-0.pt", "rng-1.pt"]
+    assert not (tmp_path / "ft" / "train_log.json").exists()
+
+    resumed = sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "ft", curve=SignalAtStep(0, 0),
+                       checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.resumed_at == [2] and reference.resumed_at == []
+    assert resumed.loss == reference.loss and resumed.events == reference.events and resumed.steps == 6
+    want = AutoModelForCausalLM.from_pretrained(tmp_path / "reference").state_dict()
+    for name, got in AutoModelForCausalLM.from_pretrained(tmp_path / "ft").state_dict().items():
+        assert torch.equal(got, want[name]), name
+
+
 def test_the_13b_and_70b_models_pick_fsdp_and_the_command_line_overrides_it():
     assert [compose_config(f"model={m}").train.strategy for m in ("llama3_8b", "llama2_13b", "llama3_70b")] == ["single", "fsdp", "fsdp"]
     assert compose_config("model=llama3_70b", "train=full").train.strategy == "single"
@@ -65,7 +112,7 @@ def test_fsdp_without_gpus_or_a_process_count_says_what_to_set(tmp_path):
         sft_fsdp(tmp_path, None, FACTS, TrainConfig(strategy="fsdp"), 1e-2, 0, tmp_path)
 
 
-@pytest.mark.skipif(torch.cuda.device_count() == 0, reason="NCCL and bf16 FSDP need GPUs (two to shard over)")
+@pytest.mark.skipif(torch.cuda.device_count() == 0, reason="NCCL and bf16 FSDP need a GPU (two or more to shard over)")
 def test_gpus_bf16_match_one_process(tmp_path):
     model, tok = _base(tmp_path / "base")
     cfg = TrainConfig(batch_size=8, strategy="fsdp", fsdp_processes=min(2, torch.cuda.device_count()))

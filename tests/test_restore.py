@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from sft_knowledge.pipeline import weight_copy
 from sft_knowledge.restore import (
     REGIONS,
     STRATEGIES,
@@ -187,6 +188,25 @@ def test_restore_into_model_and_ratio_sweep():
         assert torch.equal(p.detach(), expected[n])
     restored = sum(int((p.detach() == base[n]).sum()) for n, p in model.named_parameters())
     assert restored == sel[10].k  # every other scalar is ft, which differs from base everywhere here
+
+
+@pytest.mark.parametrize("where", ["device", "cpu"])
+def test_weight_copies_beside_the_model_or_in_node_memory_restore_the_same(where):
+    """resources.weight_copies: on a GPU the `cpu` copies are restored across devices, into the model's own."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base, ft = base_and_ft()
+    model = tiny_llama().to(device)
+    model.load_state_dict(base)
+    base_copy = weight_copy(model, where)
+    model.load_state_dict(ft)  # the copy taken before must not follow the model
+    ft_copy = weight_copy(model, where)
+    assert {t.device.type for t in base_copy.values()} == {"cpu" if where == "cpu" else device}
+    assert all(torch.equal(base_copy[n].cpu(), base[n]) and torch.equal(ft_copy[n].cpu(), ft[n]) for n in base)
+    sel = select_thresholds(base_copy, ft_copy, [10])
+    restore_into(model, base_copy, ft_copy, sel[10], "transformer", "top", 0)
+    expected = dict(restored_state(base, ft, select_thresholds(base, ft, [10])[10], "transformer", "top", 0))
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach().cpu(), expected[n]), n
 
 
 def test_restore_layers():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from sft_knowledge.train import latest_checkpoint
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -127,10 +128,11 @@ def test_failing_cell_is_reported_and_a_rerun_computes_only_missing_cells(sweep_
 
 def _checkpoint(cache: Path) -> dict | None:
     """The cell's SFT checkpoint, if there is one now (it goes once the fine-tuned weights are published)."""
-    for path in (cache / "sft").glob(".work-*/checkpoint.pt"):
+    for work in (cache / "sft").glob(".work-*"):
         try:
-            return torch.load(path)
-        except FileNotFoundError:
+            path = latest_checkpoint(work)
+            return torch.load(path / "state.pt") if path is not None else None
+        except FileNotFoundError:  # replaced by the next one while read
             return None
     return None
 

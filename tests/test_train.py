@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sft_knowledge.data.facts import Fact
 from sft_knowledge.decoding import encode_prompts, encode_targets, qa_prompt
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.train import IGNORE, CheckpointConfig, TrainConfig, _batch, cosine_lr, sft
+from sft_knowledge.train import IGNORE, CheckpointConfig, TrainConfig, _batch, cosine_lr, latest_checkpoint, sft
 
 FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
 
@@ -74,7 +74,7 @@ def test_sft_saves_on_signal_and_resumes_to_the_same_result(tmp_path):
                 checkpoint=CheckpointConfig(every=0))
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    assert torch.load(tmp_path / "checkpoint.pt")["step"] == 3
+    assert torch.load(latest_checkpoint(tmp_path) / "state.pt")["step"] == 3
 
     model = _model(tok)  # the requeued job starts again from the base model
     resumed = sft(model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, *a: {"seen": step}, checkpoint_dir=tmp_path)
@@ -88,4 +88,5 @@ def test_sft_checkpoints_periodically(tmp_path):
     tok = _tok()
     sft(_model(tok), tok, FACTS, TrainConfig(epochs=2, batch_size=8), lr=1e-2, seed=0, checkpoint_dir=tmp_path,
         checkpoint=CheckpointConfig(every=3))
-    assert torch.load(tmp_path / "checkpoint.pt")["step"] == 6  # saved at 3 and 6; the last step (8) needs none
+    assert torch.load(latest_checkpoint(tmp_path) / "state.pt")["step"] == 6  # saved at 3 and 6; the last step (8) needs none
+    assert [p.name for p in tmp_path.glob("step-*")] == ["step-000006"]  # step 3's removed once 6 was complete
