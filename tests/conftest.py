@@ -51,6 +51,17 @@ def smoke_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_level_counts(smoke_cache) -> dict[str, list[int]]:
+    """The smoke world's level counts per split, as this machine's pretraining and probe gave them. Tests derive
+    sizes and expected messages from these, never from one machine's numbers: pretraining's floats differ between
+    CPU kernels (AVX-512 vs AVX2), so the levels do too."""
+    import json
+
+    [results] = (smoke_cache.parent / "warmup" / "runs").glob("*/results.json")
+    return json.loads(results.read_text())["level_counts"]
+
+
+@pytest.fixture(scope="session")
 def local_slurm():
     """A real single-node SLURM for this session (launchers/local_slurm.sh), stopped at the end if this
     session started it. Where it cannot run (not root, not Debian, packages not installable) the tests

@@ -124,14 +124,19 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbers(smoke_cache, tmp_path):
+def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbers(smoke_cache, smoke_level_counts, tmp_path):
+    # Sizes from this machine's own levels (pretraining's floats differ between CPU kernels): the second size is one
+    # more than D-0 holds, so that cell (job 1) fails, while D-4 holds enough for both.
+    held = smoke_level_counts["train"]
+    big = held[0] + 1
+    assert 20 <= held[0] and big <= held[4], f"the smoke world's train levels no longer fit this test: {held}"
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "mastery=d0,d4", "data.size=20,60", "restore.ratios=[0,10]", "eval.max_per_level=20",
+    proc = run_cli("-m", "mastery=d0,d4", f"data.size=20,{big}", "restore.ratios=[0,10]", "eval.max_per_level=20",
                    f"hydra.sweep.dir={sweep}", output_dir=tmp_path, cache_dir=smoke_cache, check=False)
-    assert proc.returncode != 0  # the smoke world's D-0 holds 52 train facts: its 60-fact cell (job 1) fails
+    assert proc.returncode != 0
     results = {(r["config"]["mastery"]["bucket"], r["config"]["data"]["size"]): r
                for r in (json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/results.json"))}
-    assert set(results) == {("d0", 20), ("d4", 20), ("d4", 60)}
+    assert set(results) == {("d0", 20), ("d4", 20), ("d4", big)}
 
     made = _report_cli(str(sweep))
     assert made.returncode == 0, made.stderr
@@ -162,8 +167,8 @@ def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbe
     assert len(check("figure4_5_acc_test4_kl.csv", lambda r, row: metric[row["metric"]](r))) == 3 * 2
 
     cells = _csv(out / "cells.csv")
-    assert [(c["bucket"], c["size"], c["status"]) for c in cells] == [("d0", "20", "done"), ("d0", "60", "failed"), ("d4", "20", "done"), ("d4", "60", "done")]
-    assert cells[1]["error"].startswith("data.size=60 is larger than the bucket, which holds 52 facts")
+    assert [(c["bucket"], c["size"], c["status"]) for c in cells] == [("d0", "20", "done"), ("d0", str(big), "failed"), ("d4", "20", "done"), ("d4", str(big), "done")]
+    assert cells[1]["error"].startswith(f"data.size={big} is larger than the bucket, which holds {held[0]} facts")
     md = (out / "report.md").read_text()
     assert "3 of 4 jobs finished" in md and "| 1 | failed |" in md and "failed (job 1)" in md and "Paper comparison: none" in md
-    assert f"| D-4 | 60 | {results[('d4', 60)]['acc_test']:.2f} | {results[('d4', 60)]['acc_testood']:.2f} | 1 |" in md
+    assert f"| D-4 | {big} | {results[('d4', big)]['acc_test']:.2f} | {results[('d4', big)]['acc_testood']:.2f} | 1 |" in md
