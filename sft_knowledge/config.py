@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
 from .data.entityquestions import EntityQuestionsConfig
+from .data.facts import MAPPING_TEMPLATES
 from .data.synthetic import SyntheticWorldConfig
 from .evaluate import EvalConfig
 from .pretrain import PretrainConfig
@@ -177,6 +179,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("mastery.backend=vllm needs the vllm package: `pip install vllm` on a GPU node, or use mastery.backend=hf")
     for key in ("n_map", "n_sample", "max_new_tokens", "batch_size"):
         _check(getattr(cfg.mastery, key) > 0, f"mastery.{key}", getattr(cfg.mastery, key), "a positive integer")
+    for key, n_map in (("mastery.n_map", cfg.mastery.n_map), ("data.subset.n_map", cfg.data.subset.n_map)):
+        _check(0 < n_map <= MAPPING_TEMPLATES, key, n_map, f"1..{MAPPING_TEMPLATES} (each relation has {MAPPING_TEMPLATES} mapping templates)")
     _check(cfg.mastery.temperature > 0, "mastery.temperature", cfg.mastery.temperature, "a number > 0")
     _check(cfg.train.method in METHODS, "train.method", cfg.train.method, ", ".join(METHODS))
     _check(cfg.train.lora_rank > 0, "train.lora_rank", cfg.train.lora_rank, "a positive integer")
@@ -189,6 +193,16 @@ def validate(cfg: Config) -> None:
     _check(micro is None or (isinstance(micro, int) and 0 < micro <= cfg.train.batch_size and cfg.train.batch_size % micro == 0),
            "train.micro_batch_size", micro, f"a divisor of train.batch_size={cfg.train.batch_size}")
     _check(cfg.train.epochs > 0, "train.epochs", cfg.train.epochs, "a number > 0")
+    _check(cfg.train.lr is None or 0 < cfg.train.lr < math.inf, "train.lr", cfg.train.lr, "a number > 0, or null for the model's lr")
+    _check(0 < cfg.model.lr < math.inf, "model.lr", cfg.model.lr, "a number > 0")
+    _check(0 <= cfg.train.warmup_ratio < 1, "train.warmup_ratio", cfg.train.warmup_ratio, "a fraction in [0, 1)")
+    _check(cfg.train.weight_decay >= 0, "train.weight_decay", cfg.train.weight_decay, "a number >= 0")
+    _check(cfg.train.lora_alpha > 0, "train.lora_alpha", cfg.train.lora_alpha, "a number > 0")
+    _check(0 <= cfg.train.lora_dropout < 1, "train.lora_dropout", cfg.train.lora_dropout, "a fraction in [0, 1)")
+    _check(cfg.eval.max_new_tokens > 0, "eval.max_new_tokens", cfg.eval.max_new_tokens, "a positive integer (0 would grade empty answers)")
+    _check(cfg.eval.batch_size > 0, "eval.batch_size", cfg.eval.batch_size, "a positive integer")
+    _check(cfg.eval.max_per_level is None or cfg.eval.max_per_level > 0, "eval.max_per_level", cfg.eval.max_per_level,
+           "a positive integer, or null for every fact")
     _check(cfg.train.batch_size > 0, "train.batch_size", cfg.train.batch_size, "a positive integer")
     for r in cfg.restore.ratios:
         _check(0 <= r <= 100, "restore.ratios", r, "percentages in [0, 100]")
@@ -197,6 +211,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.restore.layer_block_size >= 0, "restore.layer_block_size", cfg.restore.layer_block_size, "an integer >= 0")
     _check(cfg.kl.level in range(5), "kl.level", cfg.kl.level, "0..4")
     _check(cfg.kl.base_prompt in ("mapping", "qa"), "kl.base_prompt", cfg.kl.base_prompt, "mapping, qa")
+    _check(cfg.kl.top_k > 0, "kl.top_k", cfg.kl.top_k, "a positive integer (paper: 10)")
+    _check(cfg.kl.max_facts is None or cfg.kl.max_facts > 0, "kl.max_facts", cfg.kl.max_facts, "a positive integer, or null for the whole level")
+    _check(cfg.kl.curve_points >= 0, "kl.curve_points", cfg.kl.curve_points, "an integer >= 0")
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "an integer >= 0")
     _check(cfg.checkpoint.debug_pause_s >= 0, "checkpoint.debug_pause_s", cfg.checkpoint.debug_pause_s, "a number >= 0")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))

@@ -25,6 +25,7 @@ from .data import entityquestions
 from .data.facts import SPLITS, Fact, KnowledgeBase, is_correct
 from .data.sampling import DataError, balanced_subset, bucket_facts
 from .data.synthetic import SyntheticWorld, build_world
+from .errors import Interrupted
 from .decoding import next_token_logits, qa_prompt
 from .evaluate import LevelAccuracy, accuracy, answer_hits, level_subsets
 from .fsdp import sft_fsdp
@@ -47,7 +48,11 @@ class Timer:
     @contextmanager
     def __call__(self, stage: str):
         start = time.time()
-        yield
+        try:
+            yield
+        except Interrupted as stop:  # Ctrl-C or SIGTERM: the message names the stage it stopped
+            stop.stage = stop.stage or stage
+            raise
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.time() - start, 2)
 
 

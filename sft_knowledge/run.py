@@ -7,10 +7,14 @@ to the pipeline. A run is named by the hash of its semantic config; if that run 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
+import socket
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import Cache, CacheError
 from .config import NON_SEMANTIC, Config, ConfigError, register, run_key, validate
 from .data.sampling import DataError
+from .errors import Interrupted
+from .overrides import check_command_line
 from .provenance import provenance
 from .summary import run_summary, sweep_rows, sweep_summary
 
@@ -41,55 +47,101 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str] | None = None) -> dict:
     """Run one configuration (or return its finished results); the programmatic twin of the CLI."""
+    from .models import hub_source
     from .pipeline import run_experiment  # imported late: keeps `--help` and config errors fast
     from .tracking import Tracker
 
     validate(cfg)
+    if cfg.model.source == "hub":
+        hub_source(cfg.model.hub_id, cfg.model.path)  # a bad model.path: one line before any stage
     key = run_key(cfg)
     run_dir = Path(cfg.paths.runs_dir) / key
     results_path = run_dir / "results.json"
+    job = JobRecord(job_dir, run_key=key, run_dir=str(run_dir.resolve()))
 
-    def mark(status: str) -> None:  # the job directory points at the run, so sweeps can be summarised
-        if job_dir is not None:
-            slurm = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {}
-            _write_atomic(job_dir / "run.json", json.dumps({"run_key": key, "run_dir": str(run_dir.resolve()), "status": status, **slurm}))
-
+    # A finished result is immutable: reading it takes no lock, so a read-only output directory still answers.
     if results_path.exists():
-        print(f"run {key} is already done: {results_path}")
-        mark("done")
-        return json.loads(results_path.read_text())
-    mark("running")
-    semantic = {k: v for k, v in asdict(cfg).items() if k not in NON_SEMANTIC}
-    tracker = Tracker(cfg.logger.mode, run_dir, key, cfg.logger.project, asdict(cfg), group=cfg.logger.group,
-                      tags=list(cfg.logger.tags) + [cfg.model.name, cfg.mastery.bucket, f"size={cfg.data.size}", cfg.restore.strategy],
-                      entity=cfg.logger.entity)
-    with tracker:
-        results = run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker)
-        record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(run_dir), **results}
-        tracker.summary({k: record[k] for k in ("acc_test", "acc_testood", "acc_train", "kl_test4")})
-        _write_atomic(results_path, json.dumps(record, indent=1))
-        tracker.artifact(results_path, f"results-{key}", "results")
-    mark("done")
+        return _already_done(key, results_path, job)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"paths.output_dir={cfg.paths.output_dir}: cannot create {run_dir} ({err.strerror})") from None
+    with run_lock(run_dir, key):  # two commands on one cell: the second waits, then finds the first's result
+        if results_path.exists():
+            return _already_done(key, results_path, job)
+        job.mark("running")
+        semantic = {k: v for k, v in asdict(cfg).items() if k not in NON_SEMANTIC}
+        tracker = Tracker(cfg.logger.mode, run_dir, key, cfg.logger.project, asdict(cfg), group=cfg.logger.group,
+                          tags=list(cfg.logger.tags) + [cfg.model.name, cfg.mastery.bucket, f"size={cfg.data.size}", cfg.restore.strategy],
+                          entity=cfg.logger.entity)
+        with tracker:
+            results = run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker)
+            record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(run_dir), **results}
+            tracker.summary({k: record[k] for k in ("acc_test", "acc_testood", "acc_train", "kl_test4")})
+            _write_atomic(results_path, json.dumps(record, indent=1))
+            tracker.artifact(results_path, f"results-{key}", "results")
+    job.mark("done")
     return record
+
+
+def _already_done(key: str, results_path: Path, job: JobRecord) -> dict:
+    print(f"run {key} is already done: {results_path}")
+    job.mark("done")
+    return json.loads(results_path.read_text())
+
+
+@contextmanager
+def run_lock(run_dir: Path, key: str):
+    """Held while a run computes (flock: released by the kernel when its process dies, however it dies)."""
+    with open(run_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"run {key} is running in another process; waiting for it to finish", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+class JobRecord:
+    """A cell's `run.json` in its job directory: which run it is, its state, and who runs it (pid, host, SLURM job),
+    so that `status` can tell a cell that is running from one whose process was killed."""
+
+    def __init__(self, job_dir: Path | None, **fields):
+        self.path = None if job_dir is None else job_dir / "run.json"
+        self.fields = fields
+
+    def mark(self, status: str, **extra) -> None:
+        if self.path is None:
+            return
+        who = {"pid": os.getpid(), "host": socket.gethostname()}
+        if "SLURM_JOB_ID" in os.environ:
+            who["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        previous = json.loads(self.path.read_text()) if self.path.exists() else {}
+        previous.pop("error", None)  # an error belongs to the attempt that had it
+        _write_atomic(self.path, json.dumps({**previous, **self.fields, "status": status, **who, **extra}))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _main(dcfg: DictConfig) -> None:
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
+    job = JobRecord(job_dir)
     try:
         cfg: Config = OmegaConf.to_object(dcfg)
         if cfg.logger.group is None and hc.mode == RunMode.MULTIRUN:
             cfg.logger.group = Path(hc.sweep.dir).name  # one W&B group per sweep
         record = execute(cfg, job_dir, list(hc.overrides.task))
+    except Interrupted as stop:  # Ctrl-C or SIGTERM: say what stopped, and stop the whole sweep, not only this cell
+        job.mark("interrupted", error=str(stop))
+        print(f"error: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line here and a record in the job dir
         expected = isinstance(err, EXPECTED_ERRORS)
         message = str(err).splitlines()[0] if expected and str(err) else f"{type(err).__name__}: {err}".splitlines()[0]
         if not expected:
             traceback.print_exc()
         print(f"error: {message}", file=sys.stderr)
-        info = json.loads((job_dir / "run.json").read_text()) if (job_dir / "run.json").exists() else {}
-        _write_atomic(job_dir / "run.json", json.dumps({**info, "status": "failed", "error": message}))
+        job.mark("failed", error=message)
         _failures.append(message)
         return
     print(run_summary(record))
@@ -126,8 +178,19 @@ def _check_group_options(argv: list[str]) -> None:
                 sys.exit(f"error: {group}={option} is not an option of '{group}': choose one of {', '.join(options)}")
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:
-    _check_group_options(sys.argv[1:])
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    argv = sys.argv[1:]
+    _check_group_options(argv)
+    try:
+        check_command_line(argv)  # every cell, before anything runs
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
     _main()
     if _failures:
         sys.exit(f"error: {len(_failures)} run(s) failed" if len(_failures) > 1 else 1)

@@ -9,14 +9,16 @@ Re-running the sweep's command computes only the cells that are not done.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+
+from .overrides import expand
 
 STATES = ("done", "running", "failed", "missing")
 
@@ -25,8 +27,7 @@ def planned_cells(sweep_dir: Path) -> list[list[str]]:
     """The overrides of every cell, in job-number order (the sweeper's params, then the command line's)."""
     cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides(params + list(cfg.hydra.overrides.task))
-    return [cell for batch in BasicSweeper.split_arguments(overrides, None) for cell in batch]
+    return expand(params + list(cfg.hydra.overrides.task))
 
 
 def slurm_queue() -> dict[str, str] | None:
@@ -42,6 +43,19 @@ def slurm_queue() -> dict[str, str] | None:
         array_id, raw_id, state = line.split()
         queue[array_id] = queue[raw_id] = state.lower()
     return queue
+
+
+def _gone(info: dict) -> bool:
+    """A local cell's process (no SLURM job) that no longer exists on this host: it was killed."""
+    if info.get("host") != socket.gethostname() or "pid" not in info:
+        return False  # another machine's process: cannot tell from here
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def cell_states(sweep_dir: Path) -> list[dict]:
@@ -62,12 +76,15 @@ def cell_states(sweep_dir: Path) -> list[dict]:
             r = json.loads(results.read_text())
             kl = "-" if r["kl_test4"] is None else f"{r['kl_test4']:.4f}"
             state, detail = "done", f"acc_test {r['acc_test']}, kl_test4 {kl}: {results}"
-        elif info.get("status") == "failed":
-            state, detail = "failed", f"error: {info.get('error', '?')} (log: {log})"
+        elif info.get("status") in ("failed", "interrupted"):
+            state, detail = "failed", f"{info['status']}: {info.get('error', '?')} (log: {log})"
         elif info.get("status") == "running":
             job_id = info.get("slurm_job_id")
             if queue is not None and job_id is not None and job_id not in queue:
                 state, detail = "failed", f"error: SLURM job {job_id} ended without finishing (killed: time, memory or node?) (log: {log})"
+            elif job_id is None and _gone(info):
+                state, detail = "failed", (f"interrupted: its process {info['pid']} on {info['host']} ended without finishing "
+                                           f"(killed?); re-run the sweep's command to resume")
             else:
                 state, detail = "running", f"run {info['run_key']}" + (f", SLURM job {job_id}" if job_id else "")
         elif queue is not None and submitted and submitted[-1] in queue:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 LEVELS = (0, 1, 2, 3, 4)  # mastery levels D-0..D-4
 SPLITS = ("train", "test", "testood")
+MAPPING_TEMPLATES = 21  # per relation, in both datasets (paper App. F.2); mastery.n_map takes the first n
 
 
 @dataclass(frozen=True)

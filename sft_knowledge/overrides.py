@@ -1,0 +1,145 @@
+"""The command line, checked before anything runs.
+
+Every cell that a command would run (one, or each cell of a sweep) is composed and validated first, so a
+typo or a bad value costs one `error:` line and a second, not a pretraining or an array of failed SLURM
+jobs. Hydra's own messages for a bad override span 5-15 lines; here each becomes one line naming the
+key. The sweep is expanded the way Hydra's basic sweeper expands it (the cartesian product of the
+values; a key given twice keeps its first place and its last value), so `status` lists a sweep's
+planned cells with the same function.
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from .config import Config, ConfigError, register, validate
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """The overrides of every cell of a sweep over `overrides`, in Hydra's job-number order."""
+    axes: dict[str, list[str]] = {}
+    for o in _parse(overrides):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                raise ConfigError(f"{o.input_line}: only lists of values (a,b,c) can be swept here")
+            axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            axes[key] = [f"{key}={o.get_value_element_as_str()}"]
+    return [list(cell) for cell in itertools.product(*axes.values())]
+
+
+def axis_cells(overrides: list[str]) -> list[list[str]]:
+    """The cells of the sweep that hold some value for the first time: every value of every swept key is composed
+    and validated once (a sum of the axes, not their product); what only a combination of values breaks, such as a
+    size larger than one bucket, is still found when that cell starts, before its first stage."""
+    seen: set[str] = set()
+    out = []
+    for cell in expand(overrides):
+        if not seen.issuperset(cell):
+            out.append(cell)
+            seen.update(cell)
+    return out
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Raise ConfigError (one line) unless every cell that `python -m sft_knowledge.run <argv>` runs is a valid config."""
+    if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in argv):
+        return  # --help, --cfg, --config-name ...: Hydra's own business
+    overrides = [a for a in argv if not a.startswith("-")]
+    parsed = _parse(overrides)
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # The first value of every swept key tells whether this is a sweep (-m, or an experiment with hydra.mode) and its params.
+        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+                 for o in parsed]
+        hydra_cfg = _compose(first, with_hydra=True).hydra
+        multirun = any(a in MULTIRUN_FLAGS for a in argv) or str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+        if not multirun:
+            swept = next((o for o in parsed if o.is_sweep_override()), None)
+            if swept is not None:
+                raise ConfigError(f"{swept.input_line} gives several values: add -m to sweep them, "
+                                  f"or write a list as {swept.get_key_element()}=[...]")
+            cells = [overrides]
+        else:
+            params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+            cells = axis_cells(params + overrides)
+        for cell in cells:
+            dcfg = _compose([o for o in cell if not o.lstrip("+~").startswith("hydra")], with_hydra=False)
+            check_keys(dcfg)
+            cfg: Config = OmegaConf.to_object(dcfg)
+            validate(cfg)
+    GlobalHydra.instance().clear()
+
+
+def check_keys(dcfg: DictConfig, schema: type = Config, prefix: str = "") -> None:
+    """Reject a key the schema does not define (`+data.szie=240` is otherwise dropped without a word)."""
+    names = {f.name: f for f in fields(schema)}
+    for key in dcfg:
+        if key not in names:
+            dotted = f"{prefix}{key}"
+            close = difflib.get_close_matches(dotted, schema_keys(), n=1, cutoff=0.6)
+            hint = f": did you mean {close[0]}?" if close else ": see sft_knowledge/config.py for the keys"
+            raise ConfigError(f"{dotted} is not a config key{hint}")
+        default = names[key].default_factory() if callable(names[key].default_factory) else None  # type: ignore[misc]
+        if is_dataclass(default) and isinstance(dcfg[key], DictConfig):
+            check_keys(dcfg[key], type(default), f"{prefix}{key}.")
+
+
+def schema_keys(schema: Any = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, e.g. data.size, train.lr."""
+    out = []
+    for f in fields(schema):
+        default = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+        out += schema_keys(type(default), f"{prefix}{f.name}.") if is_dataclass(default) else [f"{prefix}{f.name}"]
+    return out
+
+
+def _parse(overrides: list[str]):
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:  # noqa: BLE001 - Hydra's grammar errors: several lines, no key named
+        bad = next((o for o in overrides if "=" not in o.lstrip("~")), None)
+        if bad is not None:
+            raise ConfigError(f"{bad!r} is not an override: write key=value (e.g. data.size=240)") from None
+        raise ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_first_line(err)}") from None
+
+
+def _compose(overrides: list[str], with_hydra: bool) -> DictConfig:
+    try:
+        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
+    except Exception as err:  # noqa: BLE001 - composition and type errors: one line naming the override
+        raise ConfigError(_composition_message(err, overrides)) from None
+
+
+def _composition_message(err: Exception, overrides: list[str]) -> str:
+    """One line from Hydra's chain of causes: OmegaConf's error names the key (`full_key`) and says what is wrong."""
+    chain = [err]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    omega = next((e for e in chain if getattr(e, "full_key", None)), None)
+    if omega is None:
+        return _first_line(err)
+    key, text = omega.full_key, _first_line(omega)
+    if "not in" in text:  # Key 'szie' not in 'DataConfig'
+        close = difflib.get_close_matches(key, schema_keys(), n=1, cutoff=0.6)
+        return f"{key} is not a config key" + (f": did you mean {close[0]}?" if close else "")
+    culprit = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), key)
+    return f"{culprit}: {text}"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
