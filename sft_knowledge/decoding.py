@@ -1,7 +1,17 @@
 """What the model reads and how it writes: the paper's prompt format and batched decoding.
 
 Every stage that runs a model goes through here, so probe, SFT, evaluation and KL agree on
-tokenisation: a prompt is `[bos] + encode(prompt)`, a target is `encode(" " + answer) + [eos]`.
+tokenisation. A prompt is `[bos] + encode(prompt)`: that is what generation and the KL condition on.
+An example is the whole text `prompt + " " + answer`, tokenised in one piece and split where the
+prompt's own tokens end (`encode_examples`); the target is the rest, then `[eos]`. So prompt + target
+are exactly the tokens the model would read for the whole text (as in pretraining) and would have to
+write after the prompt. Encoding `" " + answer` on its own is not: SentencePiece with a dummy prefix
+(LLaMA-2; also its tokenizer.json or .model read by PreTrainedTokenizerFast, though transformers 5's
+LlamaTokenizer skips the prefix before a space) makes it `"▁▁Paris"`, a lone `"▁"` first, which SFT
+would teach. Stripping a lone space token instead would be wrong where the whole text
+does have one: SmolLM2 and LLaMA-3 write `" 1879"` as `"Ġ"` then digits, LLaMA-2 as `"▁"` then digits.
+A tokenizer whose prompt tokens are not a prefix of the whole text's (a merge across the prompt's end)
+is refused: no split then gives both the prompt that generation sees and the tokens of the text.
 Decoding is batched wide over length-sorted prompts, with the KV cache, and stops as soon as every
 sequence of a batch has produced EOS.
 """
@@ -25,9 +35,30 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return [bos + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
-def encode_targets(tokenizer, answers: list[str], eos: bool = True) -> list[list[int]]:
+def qa_text(prompt: str, answer: str) -> str:
+    """The text of one example: the prompt, one space, the answer (paper App. A)."""
+    return f"{prompt} {answer.strip()}"
+
+
+def encode_examples(tokenizer, prompts: list[str], answers: list[str], eos: bool = True) -> list[tuple[list[int], list[int]]]:
+    """`(prompt_ids, target_ids)` of each `qa_text(prompt, answer)`: its tokens split where the prompt's end,
+    `[eos]` appended to the target when `eos`. The one encoding of answers for every stage (module docstring)."""
+    texts = [qa_text(p, a) for p, a in zip(prompts, answers, strict=True)]
     tail = [tokenizer.eos_token_id] if eos else []
-    return [ids + tail for ids in tokenizer([f" {a.strip()}" for a in answers], add_special_tokens=False)["input_ids"]]
+    examples = []
+    for text, p, ids in zip(texts, encode_prompts(tokenizer, prompts), encode_prompts(tokenizer, texts)):
+        if ids[: len(p)] != p or len(ids) == len(p):
+            from .config import ModelError  # imported here: config imports this module
+
+            raise ModelError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} does not end the prompt's tokens where "
+                             f"the answer begins in {text!r}: the prompt format needs a token boundary before the answer")
+        examples.append((p, ids[len(p) :] + tail))
+    return examples
+
+
+def first_target_tokens(tokenizer, prompts: list[str], answers: list[str]) -> list[int]:
+    """The first answer token of each example, as SFT teaches it (for filters on the model's first token)."""
+    return [t[0] for _, t in encode_examples(tokenizer, prompts, answers, eos=False)]
 
 
 def _batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
@@ -130,11 +161,13 @@ def next_token_logits(model, tokenizer, prompts: list[str], batch_size: int = 25
 def answer_logprob(
     model, tokenizer, prompts: list[str], answers: list[str], temperature: float = 1.0, batch_size: int = 256
 ) -> torch.Tensor:
-    """log P(` answer` | prompt) under softmax(logits / temperature), by teacher forcing: [n] float32."""
+    """log P(answer | prompt) under softmax(logits / temperature), by teacher forcing, the answer's tokens those of
+    `encode_examples`: [n] float32."""
     model.eval()
     device = _device(model)
-    seqs = [p + a for p, a in zip(encode_prompts(tokenizer, prompts), encode_targets(tokenizer, answers, eos=False))]
-    n_answer = [len(a) for a in encode_targets(tokenizer, answers, eos=False)]
+    examples = encode_examples(tokenizer, prompts, answers, eos=False)
+    seqs = [p + a for p, a in examples]
+    n_answer = [len(a) for _, a in examples]
     result = torch.empty(len(prompts))
     for idx in _batches([len(s) for s in seqs], batch_size):
         ids, mask = _left_pad([seqs[i] for i in idx], tokenizer.pad_token_id or 0)

@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from tqdm.auto import tqdm
 
 from .data.facts import Fact
-from .decoding import encode_prompts, encode_targets, qa_prompt
+from .decoding import encode_examples, qa_prompt
 
 IGNORE = -100
 METHODS = ("full", "lora")
@@ -216,8 +216,8 @@ def sft(
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    prompts = encode_prompts(tokenizer, [qa_prompt(f.question) for f in facts])
-    targets = encode_targets(tokenizer, [f.object for f in facts])
+    encoded = encode_examples(tokenizer, [qa_prompt(f.question) for f in facts], [f.object for f in facts])
+    prompts, targets = [p for p, _ in encoded], [t for _, t in encoded]
     examples = list(zip(prompts, targets))
     order: list[int] = []
     rng = random.Random(seed)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sft_knowledge.decoding import answer_logprob, encode_prompts, encode_targets, generate, next_token_logits, qa_prompt
+from sft_knowledge.decoding import answer_logprob, encode_prompts, generate, next_token_logits, qa_prompt
 from sft_knowledge.pretrain import train_tokenizer
 
 DOCS = [f"The capital of Land{i} is City{i % 7}. Question: Where was Person{i} born? Answer: Town{i % 5}." for i in range(200)]
@@ -59,9 +59,10 @@ def test_answer_logprob_matches_manual_teacher_forcing(lm):
     model, tok = lm
     prompt, answer, temp = PROMPTS[0], "City3", 0.7
     got = answer_logprob(model, tok, [prompt, PROMPTS[1]], [answer, "Town2"], temperature=temp)[0]
-    p, a = encode_prompts(tok, [prompt])[0], encode_targets(tok, [answer], eos=False)[0]
-    logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0] / temp, -1)
-    expected = sum(logp[len(p) - 1 + j, t] for j, t in enumerate(a))
+    # The answer's tokens are those that follow the prompt's in the whole text.
+    n_prompt, full = len(encode_prompts(tok, [prompt])[0]), encode_prompts(tok, [f"{prompt} {answer}"])[0]
+    logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0] / temp, -1)
+    expected = sum(logp[j - 1, full[j]] for j in range(n_prompt, len(full)))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge.data.facts import Fact
-from sft_knowledge.decoding import encode_prompts, encode_targets, qa_prompt
+from sft_knowledge.decoding import encode_examples, qa_prompt
 from sft_knowledge.pretrain import train_tokenizer
 from sft_knowledge.train import IGNORE, CheckpointConfig, TrainConfig, _batch, cosine_lr, latest_checkpoint, sft
 
@@ -21,7 +21,7 @@ def _tok():
 
 def test_labels_cover_answer_and_eos_only():
     tok = _tok()
-    p, t = encode_prompts(tok, [qa_prompt(FACTS[0].question)])[0], encode_targets(tok, [FACTS[0].object])[0]
+    [(p, t)] = encode_examples(tok, [qa_prompt(FACTS[0].question)], [FACTS[0].object])
     batch = _batch([(p, t), (p[:3], t)], tok.pad_token_id)
     assert batch["labels"][0].tolist() == [IGNORE] * len(p) + t
     assert t[-1] == tok.eos_token_id
