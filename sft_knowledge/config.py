@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -223,6 +224,27 @@ def validate(cfg: Config) -> None:
     cand = cfg.data.subset.candidates
     _check(cand is None or (isinstance(cand, int) and cand > 0), "data.subset.candidates", cand, "a positive integer or null")
     _check(cfg.data.subset.keep > 0, "data.subset.keep", cfg.data.subset.keep, "a positive integer")
+    if cfg.model.source == "hub" and cfg.model.path:
+        check_model_dir(Path(cfg.model.path))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+
+def check_model_dir(path: Path) -> None:
+    """A local model directory must hold a readable config.json and a tokenizer; say which is missing in one line
+    (transformers' own messages for an empty folder blame sentencepiece, and a broken config.json takes 45 lines)."""
+    where = f"model.path={path}"
+    if not path.is_dir():
+        raise ModelError(f"{where} is not a directory: point it at a Hugging Face model directory")
+    try:
+        json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{where} holds no config.json: point it at a Hugging Face model directory (save_pretrained's output)") from None
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{where}: config.json cannot be read ({str(err).splitlines()[0]})") from None
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{where} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
 
 
 def register() -> None:

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cache import Cache
-from .config import ModelError
+from .config import ModelError, check_model_dir
 from .data.synthetic import SyntheticWorld, SyntheticWorldConfig
 from .pretrain import PretrainConfig, pretrain
 
@@ -90,33 +90,14 @@ def build_smollm2(cache: Cache) -> tuple[Path, bool]:
     return cache.get_or_build("base_model", smollm2_spec(), build)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
-
-
 def hub_source(hub_id: str | None, path: str | None) -> str:
     """Where a hub model's weights come from: `model.path` (local weights) if set, else the hub id."""
     if path:
-        check_model_dir(Path(path))
+        check_model_dir(Path(path))  # validate() has checked it already; a notebook may come straight here
         return str(path)
     if not hub_id:
         raise ModelError("set model.hub_id or model.path (a local Hugging Face model directory)")
     return hub_id
-
-
-def check_model_dir(path: Path) -> None:
-    """A local model directory must hold a readable config.json and a tokenizer; say which is missing in one line
-    (transformers' own messages for an empty folder blame sentencepiece, and a broken config.json takes 45 lines)."""
-    where = f"model.path={path}"
-    if not path.is_dir():
-        raise ModelError(f"{where} is not a directory: point it at a Hugging Face model directory")
-    try:
-        json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{where} holds no config.json: point it at a Hugging Face model directory (save_pretrained's output)") from None
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{where}: config.json cannot be read ({str(err).splitlines()[0]})") from None
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelError(f"{where} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
 
 
 def check_hub_access(source: str, name: str) -> None:

@@ -47,13 +47,10 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str] | None = None) -> dict:
     """Run one configuration (or return its finished results); the programmatic twin of the CLI."""
-    from .models import hub_source
     from .pipeline import run_experiment  # imported late: keeps `--help` and config errors fast
     from .tracking import Tracker
 
     validate(cfg)
-    if cfg.model.source == "hub":
-        hub_source(cfg.model.hub_id, cfg.model.path)  # a bad model.path: one line before any stage
     key = run_key(cfg)
     run_dir = Path(cfg.paths.runs_dir) / key
     results_path = run_dir / "results.json"

@@ -1,0 +1,146 @@
+"""Every bad input ends in one `error:` line naming the key, value or path, a non-zero exit, no traceback and no
+result; a config error stops before any stage (in about a second). Interruptions, concurrent runs and killed
+cells neither lose nor overwrite a result."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+# (command-line overrides, what the error line must say). Each is the whole command after `experiment=smoke`.
+CONFIG_ERRORS = [
+    ("+data.szie=240", "error: data.szie is not a config key: did you mean data.size?"),
+    ("data.szie=240", "error: data.szie is not a config key: did you mean data.size?"),
+    ("+trian.lr=0.5", "error: trian is not a config key: did you mean train.lr?"),
+    ("+foo=bar", "error: foo is not a config key"),
+    ("restore.ratios=['x']", "error: restore.ratios[0]: Value 'x' of type 'str' could not be converted to Float"),
+    ("seed=abc", "error: seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("foo", "error: 'foo' is not an override: write key=value"),
+    ("data.size=240,1920", "error: data.size=240,1920 gives several values: add -m to sweep them"),
+    ("-m data.size=60,abc", "error: data.size='abc' is not allowed"),  # a bad value in the second cell of a sweep
+    ("mastery=d9", "error: mastery=d9 is not an option of 'mastery'"),
+    ("eval.max_new_tokens=0", "error: eval.max_new_tokens=0 is not allowed"),
+    ("eval.max_per_level=0", "error: eval.max_per_level=0 is not allowed"),
+    ("kl.top_k=0", "error: kl.top_k=0 is not allowed"),
+    ("kl.max_facts=0", "error: kl.max_facts=0 is not allowed"),
+    ("train.lr=-1", "error: train.lr=-1 is not allowed"),
+    ("train.warmup_ratio=1.5", "error: train.warmup_ratio=1.5 is not allowed"),
+    ("mastery.n_map=22", "error: mastery.n_map=22 is not allowed: expected 1..21"),
+    ("restore.ratios=[0,150]", "error: restore.ratios=150 is not allowed: expected percentages in [0, 100]"),
+    ("model=llama3_8b model.path={empty}", "error: model.path={empty} holds no config.json"),
+    ("model=llama3_8b model.path={broken}", "error: model.path={broken}: config.json cannot be read"),
+    ("model=llama3_8b model.path={nowhere}", "error: model.path={nowhere} is not a directory"),
+]
+
+
+@pytest.fixture
+def model_dirs(tmp_path) -> dict[str, Path]:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    return {"empty": tmp_path / "empty", "broken": tmp_path / "broken", "nowhere": tmp_path / "nowhere"}
+
+
+@pytest.fixture
+def own_signal_handlers():
+    """run.main installs SIGINT/SIGTERM handlers; give pytest its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("overrides, message", CONFIG_ERRORS, ids=[o for o, _ in CONFIG_ERRORS])
+def test_a_config_error_is_one_line_before_any_stage(overrides, message, model_dirs, tmp_path, monkeypatch, own_signal_handlers):
+    from sft_knowledge import run
+
+    args = overrides.format(**model_dirs).split()
+    monkeypatch.setattr(sys, "argv", ["run", "experiment=smoke", f"paths.output_dir={tmp_path / 'out'}", *args])
+    start = time.time()
+    with pytest.raises(SystemExit) as stop:
+        run.main()
+    assert isinstance(stop.value.code, str), stop.value.code  # SystemExit(str): Python prints it and exits 1
+    line = stop.value.code
+    assert line.startswith(message.format(**model_dirs)) and "\n" not in line, line
+    assert time.time() - start < 15  # composed and validated only: no stage ran (about a second on an idle machine)
+    assert not (tmp_path / "out").exists()  # nothing written, so no results.json
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, message", [
+    ("+data.szie=240", "error: data.szie is not a config key: did you mean data.size?"),
+    ("paths.output_dir=/sys/sft_knowledge_test", "error: paths.output_dir=/sys/sft_knowledge_test: cannot create"),
+    ("data.size=100000", "error: data.size=100000 is larger than the bucket, which holds"),
+])
+def test_the_command_line_shows_one_error_line_and_exits_non_zero(overrides, message, smoke_cache, tmp_path):
+    proc = run_cli(*overrides.split(), output_dir=tmp_path, cache_dir=smoke_cache, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("runs/*/results.json"))
+
+
+def _start(tmp_path: Path, cache: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sft_knowledge.run", "experiment=smoke", f"paths.output_dir={tmp_path}",
+                             f"paths.cache_dir={cache}", *overrides], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigterm_say_what_stopped_and_the_rerun_finishes(smoke_cache, tmp_path):
+    # A new SFT (seed 7) that pauses after each periodic checkpoint: a window to interrupt it in.
+    args = ("seed=7", "checkpoint.every=2", "checkpoint.debug_pause_s=30", "hydra.run.dir=" + str(tmp_path / "job"))
+    for signum, code, name in ((signal.SIGINT, 130, "SIGINT (Ctrl-C)"), (signal.SIGTERM, 143, "SIGTERM")):
+        saved = set(smoke_cache.glob("sft/.work-*/step-*"))
+        proc = _start(tmp_path, smoke_cache, *args)
+        deadline = time.time() + 600
+        while not set(smoke_cache.glob("sft/.work-*/step-*")) - saved:  # SFT saved a checkpoint and pauses after it
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == code, err[-2000:]
+        assert err.strip().splitlines()[-1].startswith(f"error: interrupted by {name} during sft; nothing finished is lost"), err[-2000:]
+        assert "Traceback" not in err
+        assert json.loads((tmp_path / "job" / "run.json").read_text())["status"] == "interrupted"
+        assert not list(tmp_path.glob("runs/*/results.json"))
+    done = run_cli(*args[:2], output_dir=tmp_path, cache_dir=smoke_cache)
+    [r] = [json.loads(p.read_text()) for p in tmp_path.glob("runs/*/results.json")]
+    assert r["sft_resumed_at"], "the rerun resumed SFT from the interrupted runs' checkpoint"
+    assert "results:" in done.stdout
+
+
+@pytest.mark.slow
+def test_two_identical_runs_at_once_evaluate_once(smoke_cache, tmp_path):
+    first, second = (_start(tmp_path, smoke_cache, "seed=3") for _ in range(2))
+    outs = [p.communicate(timeout=900) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    stdout = [out for out, _ in outs]
+    assert sum("is already done" in s for s in stdout) == 1, stdout  # the second waited for the first, then read its result
+    assert sum("accuracy (%)" in s for s in stdout) == 1
+    assert len(list(tmp_path.glob("runs/*/results.json"))) == 1
+
+
+def test_status_shows_a_killed_local_cell_as_failed(tmp_path):
+    import socket
+
+    from sft_knowledge.status import cell_states
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "1").mkdir()
+    (sweep / "multirun.yaml").write_text(json.dumps({"hydra": {"sweeper": {"params": None}, "overrides": {"task": ["seed=0,1"]}}}))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for job, pid in ((0, dead.pid), (1, os.getpid())):
+        (sweep / str(job) / "run.json").write_text(json.dumps({"run_key": "k", "run_dir": str(tmp_path / "runs" / "k"), "status": "running",
+                                                               "pid": pid, "host": socket.gethostname()}))
+    states = cell_states(sweep)
+    assert [(s["overrides"], s["state"]) for s in states] == [(["seed=0"], "failed"), (["seed=1"], "running")]
+    assert states[0]["detail"].startswith(f"interrupted: its process {dead.pid} on {socket.gethostname()} ended without finishing")
