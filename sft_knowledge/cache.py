@@ -1,52 +1,169 @@
 """Content-addressed artifact cache: `<root>/<kind>/<key>/`, key = hash of what produced it.
 
 An entry is built in a temporary directory and published by one atomic rename; its `DONE.json`
-(the producing config and the size of every file) is written last. A directory without a valid
-`DONE.json`, or whose files do not match it, is reported, never silently rebuilt over or used.
-A file lock (flock, which also holds across the nodes of an NFS file system) makes concurrent builders
-of one entry, such as the cells of a job array, wait for the first; a builder killed mid-way (a
-requeued job) releases it, and its successor can resume from `work_dir`.
+(the producing config, and the size and SHA-256 of every file, hashed right after the build) is
+written last. A directory without a valid `DONE.json`, or whose files do not match it, is reported
+with one line (`cache entry <dir> is ...; delete it to recompute`), never silently rebuilt over or used.
+
+Reading: a published entry is immutable, so it is read without a lock (a complete cache on a read-only
+file system works). Each process verifies an entry the first time it reads it, then trusts it
+(memoised per entry), in one of two modes, `Cache(root, verify=...)` or `$SFT_KNOWLEDGE_CACHE_VERIFY`:
+- `full` (default): every file's size and SHA-256, before anything parses the files, so a damaged
+  safetensors header or `probe.json` is this one line and not a parser's traceback. An entry written
+  before hashes were recorded is refused (delete it to recompute, or read it in `size` mode).
+- `size`: every file's size, and the SHA-256 of the files up to 64 MiB (JSON, tokenizer, configs); weight
+  files over that are checked by size only, for entries too big to hash on every start (a 70B model).
+  Entries without hashes are accepted on their sizes.
+
+Building: a file lock (flock, which also holds across the nodes of an NFS file system) makes concurrent
+builders of one entry, such as the cells of a job array, wait for the first; a builder killed mid-way
+(a requeued job) releases it, its successor removes the dead builder's `.tmp-*` directory and can resume
+from `work_dir`. A full disk is one line naming the path and the space used. `write_atomic` is the one
+writer of result files (results.json, run.json): a temporary file, fsync, rename; nothing left on failure.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .config import digest
 
 MARKER = "DONE.json"
+VERIFY_ENV = "SFT_KNOWLEDGE_CACHE_VERIFY"
+VERIFY_MODES = ("full", "size")
+SMALL_FILE = 64 << 20  # hashed even in `size` mode: every JSON, tokenizer and config file is far below it
+FULL_DISK = 1 << 20  # under this many free bytes, a failed save is taken for a full disk
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_verified: dict[tuple[str, int, int], str] = {}  # (entry, DONE.json inode, mtime) -> strongest mode verified
 
 
 class CacheError(RuntimeError):
-    """A damaged cache entry; the message is one line and says what to delete."""
+    """A damaged, unreadable or unwritable cache entry or result file; the message is one line and says what to do."""
 
 
-def _manifest(path: Path) -> dict[str, int]:
-    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file() and p.name != MARKER}
+class SaveError(CacheError):
+    """A file that could not be saved (full disk, read-only directory)."""
 
 
-def check(path: Path) -> None:
-    """Raise CacheError unless `path` is a complete entry whose files match its marker."""
-    marker = path / MARKER
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _hashes(root: Path, names: Iterable[str]) -> dict[str, str]:
+    """SHA-256 of each file; hashlib releases the GIL, so the shards of a big model hash in parallel."""
+    names = list(names)
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(names)))) as pool:
+        return dict(zip(names, pool.map(lambda n: _sha256(root / n), names)))
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    files = {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file() and p.name != MARKER}
+    return {"files": files, "sha256": _hashes(path, files)}
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+
+
+def _free_bytes(path: Path) -> int:
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _is_no_space(err: BaseException | None, where: Path | None = None) -> bool:
+    """ENOSPC anywhere in the chain (safetensors wraps it, keeping the OS's text); or, since torch.save's
+    message loses the cause ("unexpected pos"), any failure while `where`'s file system is full."""
+    first = err
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+        if any(text in str(err) for text in ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")):
+            return True
+        err = err.__cause__ or err.__context__
+    return first is not None and where is not None and _free_bytes(where) < FULL_DISK
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write `path` whole or not at all: a temporary file beside it, fsync, rename. On any failure the
+    temporary file is removed; a full disk or unwritable directory is a one-line SaveError naming the path."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        files = json.loads(marker.read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        raise CacheError(f"cache entry {path} is incomplete or corrupt (no valid {MARKER}); delete it to recompute") from None
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk on NFS or with delayed allocation shows here, before the rename
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if _is_no_space(err):
+            raise SaveError(f"no space left to write {path}: it needs {_size(len(payload))}, {_size(_free_bytes(path.parent))} free") from None
+        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise SaveError(f"cannot write {path}: {err.strerror}") from None
+        raise
+
+
+def _corrupt(path: Path, what: str) -> CacheError:
+    return CacheError(f"cache entry {path} is corrupt: {what}; delete it to recompute")
+
+
+def check(path: Path, verify: str = "full", hash_files: bool = True) -> None:
+    """Raise CacheError unless `path` is a complete entry whose files match its marker (see the module docstring);
+    `hash_files=False`: sizes only (an entry whose hashes this process has already verified)."""
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        marker = None
+    files = marker.get("files") if isinstance(marker, dict) else None
+    hashes = marker.get("sha256") if isinstance(marker, dict) else None
+    if not isinstance(files, dict) or not isinstance(hashes, (dict, type(None))):
+        raise CacheError(f"cache entry {path} is incomplete or corrupt (no valid {MARKER}); delete it to recompute")
     for name, size in files.items():
         actual = (path / name).stat().st_size if (path / name).is_file() else None
         if actual != size:
-            raise CacheError(f"cache entry {path} is corrupt: {name} has {actual} bytes, expected {size}; delete it to recompute")
+            raise _corrupt(path, f"{name} has {actual} bytes, expected {size}")
+    if not hash_files:
+        return
+    if hashes is None:
+        if verify == "full":
+            raise CacheError(f"cache entry {path} has no content hashes (written before they were recorded); delete it to "
+                             f"recompute, or set {VERIFY_ENV}=size to accept it on file sizes")
+        return
+    names = sorted(n for n in files if verify == "full" or files[n] <= SMALL_FILE)
+    try:
+        actual = _hashes(path, names)
+    except OSError as err:
+        raise CacheError(f"cache entry {path}: cannot read {err.filename} ({err.strerror})") from None
+    for name in names:
+        if actual[name] != hashes.get(name):
+            raise _corrupt(path, f"{name} does not match its SHA-256 in {MARKER}")
 
 
 class Cache:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, verify: str | None = None):
         self.root = Path(root)
+        self.verify = verify if verify is not None else os.environ.get(VERIFY_ENV, "full")
+        if self.verify not in VERIFY_MODES:
+            source = "verify" if verify is not None else f"${VERIFY_ENV}"
+            raise CacheError(f"{source}={self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
 
     def entry(self, kind: str, spec: Any) -> Path:
         return self.root / kind / digest(spec, 16)
@@ -55,23 +172,67 @@ class Cache:
         """Scratch space that outlives a killed builder (SFT checkpoints); removed once the entry is published."""
         return self.root / kind / f".work-{digest(spec, 16)}"
 
+    def _memo_key(self, path: Path) -> tuple[str, int, int]:
+        st = (path / MARKER).stat()  # a rebuilt entry has a new marker, so it is verified again
+        return str(path.resolve()), st.st_ino, st.st_mtime_ns
+
+    def _read(self, path: Path) -> None:
+        """Verify a published entry: sizes on every read (a stat per file), hashes once per process and entry
+        ("full" also covers "size")."""
+        try:
+            key = self._memo_key(path)
+        except OSError:
+            key = None  # no marker: check() says so
+        check(path, self.verify, hash_files=key is None or _verified.get(key) not in ("full", self.verify))
+        if key is not None and _verified.get(key) != "full":
+            _verified[key] = self.verify
+
+    def _remove_stale(self, path: Path) -> None:
+        """Temporary directories of this entry's dead builders: we hold its lock, so no live builder owns them."""
+        stale = sorted(path.parent.glob(f".tmp-{path.name}-*"))
+        if stale:
+            size = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+            for d in stale:
+                shutil.rmtree(d, ignore_errors=True)
+            print(f"cache: removed {len(stale)} temporary director{'y' if len(stale) == 1 else 'ies'} of a killed "
+                  f"builder of {path} ({_size(size)})", file=sys.stderr)
+
     def get_or_build(self, kind: str, spec: Any, build: Callable[[Path], None]) -> tuple[Path, bool]:
         """Path of the entry for `spec`, building it with `build(tmp_dir)` if missing. Returns (path, hit)."""
         path = self.entry(kind, spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / f".{path.name}.lock", "w") as lock:
+        if path.exists():  # published by one rename, immutable since: read without the lock
+            self._read(path)
+            return path, True
+        lock_path = path.parent / f".{path.name}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(lock_path, "a")
+        except OSError as err:
+            raise SaveError(f"cache entry {path} is missing and cannot be built: {path.parent} is not writable "
+                            f"({err.strerror}); point paths.cache_dir at a writable directory") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per entry; the others wait, then hit
             if path.exists():
-                check(path)
+                self._read(path)
                 return path, True
+            self._remove_stale(path)
             tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
             try:
+                tmp.mkdir()
                 build(tmp)
-                marker = {"kind": kind, "spec": spec if not hasattr(spec, "__dataclass_fields__") else repr(spec), "files": _manifest(tmp)}
+                marker = {"kind": kind, "spec": spec if not hasattr(spec, "__dataclass_fields__") else repr(spec), **_manifest(tmp)}
                 (tmp / MARKER).write_text(json.dumps(marker, indent=1, default=str))
                 os.replace(tmp, path)
+                _verified[self._memo_key(path)] = "full"  # hashed just now, from the files as written
                 shutil.rmtree(self.work_dir(kind, spec), ignore_errors=True)
+            except Exception as err:
+                if not _is_no_space(err, path.parent):
+                    raise
+                written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.is_dir() else 0
+                cause = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+                raise SaveError(f"no space left to build cache entry {path}: it needs more than the {_size(written)} written "
+                                f"when the disk filled, {_size(_free_bytes(path.parent))} free; free space or point "
+                                f"paths.cache_dir elsewhere, then re-run ({cause})") from None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return path, False

@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .cache import Cache, CacheError
+from .cache import write_atomic as _write_atomic  # the one atomic writer: no temporary file left, ENOSPC in one line
 from .config import NON_SEMANTIC, Config, ConfigError, register, run_key, validate
 from .data.sampling import DataError
 from .errors import Interrupted
@@ -37,12 +38,6 @@ EXPECTED_ERRORS = (ConfigError, DataError, CacheError)
 _failures: list[str] = []
 
 register()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str] | None = None) -> dict:

@@ -112,6 +112,29 @@ def test_dirty_data_names_file_and_line(tmp_path, bad, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_an_empty_relation_file_is_an_error_naming_it(tmp_path, suffix):
+    """`: > train/P19.train.jsonl` (or an empty `[]` array) would otherwise drop P19 from the train split."""
+    root = _mini_root(tmp_path, {("P19", "train"): []}, suffix=suffix)
+    assert (root / "train" / f"P19.train{suffix}").read_text().strip() in ("", "[\n\n]")
+    with pytest.raises(DataError) as err:
+        eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+    assert str(err.value).startswith(f"{root / 'train' / f'P19.train{suffix}'}: relation P19 has no records (empty file)")
+    assert "\n" not in str(err.value)
+    (root / "train" / f"P19.train{suffix}").write_text("")  # the shell's `: > file`: zero bytes
+    if suffix == ".jsonl":
+        with pytest.raises(DataError, match="P19.train.jsonl: relation P19 has no records"):
+            eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+
+
+def test_a_relation_left_empty_by_the_one_answer_filter_is_an_error(tmp_path):
+    two = json.dumps({"question": "Where was X born?", "answers": ["Rome", "Roma"]})
+    root = _mini_root(tmp_path, {("P19", "test"): [two, two]})
+    with pytest.raises(DataError) as err:
+        eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+    assert str(err.value).startswith(f"{root / 'test' / 'P19.test.jsonl'}: none of relation P19's 2 records has exactly one answer")
+
+
 def test_missing_data_says_where_to_put_it(tmp_path):
     with pytest.raises(DataError) as err:
         eq.load_entityquestions(eq.EntityQuestionsConfig(root=tmp_path / "nowhere"))

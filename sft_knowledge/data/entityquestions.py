@@ -8,7 +8,8 @@ the first, relations in the order below. It gives exactly 75,944 / 9,555 / 11,61
 
 Quirks (the data's README): soft hyphens are dropped and runs of spaces collapsed in questions and
 subjects (after de-duplication, which is on the raw strings); P131 and P276 share one question template,
-so a question under both keeps the first relation (P131).
+so a question under both keeps the first relation (P131). A relation file with no records, or none with
+exactly one answer, is an error naming the file (a truncated copy would otherwise shrink a split silently).
 
 Where no copy is found, the upstream archive is downloaded once into the cache. It has no published
 checksum, so what is checked is its content: the records of the train and test relation files, which
@@ -114,8 +115,11 @@ def _relation_file(root: Path, rel: str, split: str) -> Path:
 def read_relation(root: Path, rel: Relation, split: str) -> list[tuple[str, str, Path, int]]:
     """(question, single answer, file, line) of the records of one relation file with exactly one answer."""
     path = _relation_file(root, rel.id, split)
+    records = _records(path)
+    if not records:  # a truncated copy would otherwise drop the relation from its split without a word
+        raise DataError(f"{path}: relation {rel.id} has no records (empty file); replace it with the upstream file from {UPSTREAM}")
     out = []
-    for n, rec in _records(path):
+    for n, rec in records:
         where = f"{path}:{n}" if path.suffix == ".jsonl" else f"{path}: record {n}"
         if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(rec.get("answers"), list):
             raise DataError(f"{where}: expected {{\"question\": str, \"answers\": [str, ...]}}, got {str(rec)[:80]}")
@@ -123,6 +127,9 @@ def read_relation(root: Path, rel: Relation, split: str) -> list[tuple[str, str,
             raise DataError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
         if len(rec["answers"]) == 1:  # paper filter (a): exactly one answer
             out.append((rec["question"], rec["answers"][0], path, n))
+    if not out:
+        raise DataError(f"{path}: none of relation {rel.id}'s {len(records)} records has exactly one answer (the paper's "
+                        f"filter), so the relation would be empty")
     return out
 
 
