@@ -112,6 +112,13 @@ class JobRecord:
         previous.pop("error", None)  # an error belongs to the attempt that had it
         _write_atomic(self.path, json.dumps({**previous, **self.fields, "status": status, **who, **extra}))
 
+    def mark_ended(self, status: str, error: str) -> None:
+        """Record a failure or an interruption; a disk too full for run.json must not hide the error line itself."""
+        try:
+            self.mark(status, error=error)
+        except (OSError, CacheError):
+            pass
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _main(dcfg: DictConfig) -> None:
@@ -124,7 +131,7 @@ def _main(dcfg: DictConfig) -> None:
             cfg.logger.group = Path(hc.sweep.dir).name  # one W&B group per sweep
         record = execute(cfg, job_dir, list(hc.overrides.task))
     except Interrupted as stop:  # Ctrl-C or SIGTERM: say what stopped, and stop the whole sweep, not only this cell
-        job.mark("interrupted", error=str(stop))
+        job.mark_ended("interrupted", str(stop))
         print(f"error: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line here and a record in the job dir
@@ -132,8 +139,8 @@ def _main(dcfg: DictConfig) -> None:
         message = str(err).splitlines()[0] if expected and str(err) else f"{type(err).__name__}: {err}".splitlines()[0]
         if not expected:
             traceback.print_exc()
+        job.mark_ended("failed", message)
         print(f"error: {message}", file=sys.stderr)
-        job.mark("failed", error=message)
         _failures.append(message)
         return
     print(run_summary(record))
