@@ -32,6 +32,8 @@ def run_summary(r: dict) -> str:
         lines.append(f"  restoration ({r['restore'][0]['strategy']}, {r['restore'][0]['region']})  ratio%   acc_test  acc_testood  change share%")
         for rec in r["restore"]:
             lines.append(f"    {'':<33}{rec['ratio']:>6g} {_f(rec['acc_test'], 10)} {_f(rec['acc_testood'], 12)} {_f(rec['change_share'], 14)}")
+    else:
+        lines.append("  restoration: skipped on request (restore.ratios=[])")
     for rec in r.get("restore_blocks", []):
         lines.append(f"  restore layers {rec['layers'][0]}-{rec['layers'][1]}: acc_test {_f(rec['acc_test'], 0)}, acc_testood {_f(rec['acc_testood'], 0)}")
     lines.append("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in r["timings"].items()))

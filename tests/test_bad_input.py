@@ -144,3 +144,11 @@ def test_status_shows_a_killed_local_cell_as_failed(tmp_path):
     states = cell_states(sweep)
     assert [(s["overrides"], s["state"]) for s in states] == [(["seed=0"], "failed"), (["seed=1"], "running")]
     assert states[0]["detail"].startswith(f"interrupted: its process {dead.pid} on {socket.gethostname()} ended without finishing")
+
+
+@pytest.mark.slow
+def test_an_empty_ratio_list_says_that_restoration_was_skipped(smoke_cache, tmp_path):
+    proc = run_cli("restore.ratios=[]", output_dir=tmp_path, cache_dir=smoke_cache)
+    assert "restoration: skipped on request (restore.ratios=[])" in proc.stdout
+    [r] = [json.loads(p.read_text()) for p in tmp_path.glob("runs/*/results.json")]
+    assert r["restore"] == [] and r["update_share"]  # Table 3's shares are still measured
