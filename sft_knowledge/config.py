@@ -83,6 +83,9 @@ class KLConfig:
     base_prompt: str = "mapping"  # base model reads the best mapping template ("mapping") or the QA prompt ("qa")
     max_facts: Any = None  # cap on the facts used (None: the whole level)
     curve_points: int = 5  # KL measured this many times during SFT (the KL curve)
+    # Only facts whose answer begins within the base model's first N greedy tokens of the base prompt (paper §4.1:
+    # "answers appear near the beginning"); None: every fact of the level
+    answer_within_tokens: Any = 3
 
 
 @dataclass
@@ -197,6 +200,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.restore.layer_block_size >= 0, "restore.layer_block_size", cfg.restore.layer_block_size, "an integer >= 0")
     _check(cfg.kl.level in range(5), "kl.level", cfg.kl.level, "0..4")
     _check(cfg.kl.base_prompt in ("mapping", "qa"), "kl.base_prompt", cfg.kl.base_prompt, "mapping, qa")
+    _check(cfg.kl.answer_within_tokens is None or (type(cfg.kl.answer_within_tokens) is int and cfg.kl.answer_within_tokens > 0),
+           "kl.answer_within_tokens", cfg.kl.answer_within_tokens, "a positive integer or null (no filter)")
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "an integer >= 0")
     _check(cfg.checkpoint.debug_pause_s >= 0, "checkpoint.debug_pause_s", cfg.checkpoint.debug_pause_s, "a number >= 0")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))
