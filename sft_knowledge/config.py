@@ -81,7 +81,7 @@ class KLConfig:
     level: int = 4  # KL is measured on D_test-<level> (paper: 4)
     top_k: int = 10  # fine-tuned model's top-k logits, re-normalised (paper: 10)
     base_prompt: str = "mapping"  # base model reads the best mapping template ("mapping") or the QA prompt ("qa")
-    max_facts: Any = None  # cap on the facts used (None: the whole level)
+    max_facts: Any = None  # cap on the facts drawn from the level, before the answer filter (None: the whole level)
     curve_points: int = 5  # KL measured this many times during SFT (the KL curve)
     # Only facts whose answer begins within the base model's first N greedy tokens of the base prompt (paper §4.1:
     # "answers appear near the beginning"); None: every fact of the level
