@@ -84,8 +84,11 @@ class KLConfig:
     level: int = 4  # KL is measured on D_test-<level> (paper: 4)
     top_k: int = 10  # fine-tuned model's top-k logits, re-normalised (paper: 10)
     base_prompt: str = "mapping"  # base model reads the best mapping template ("mapping") or the QA prompt ("qa")
-    max_facts: Any = None  # cap on the facts used (None: the whole level)
+    max_facts: Any = None  # cap on the facts drawn from the level, before the answer filter (None: the whole level)
     curve_points: int = 5  # KL measured this many times during SFT (the KL curve)
+    # Only facts whose answer begins within the base model's first N greedy tokens of the base prompt (paper §4.1:
+    # "answers appear near the beginning"); None: every fact of the level
+    answer_within_tokens: Any = 3
 
 
 @dataclass
@@ -215,6 +218,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.kl.top_k > 0, "kl.top_k", cfg.kl.top_k, "a positive integer (paper: 10)")
     _check(cfg.kl.max_facts is None or cfg.kl.max_facts > 0, "kl.max_facts", cfg.kl.max_facts, "a positive integer, or null for the whole level")
     _check(cfg.kl.curve_points >= 0, "kl.curve_points", cfg.kl.curve_points, "an integer >= 0")
+    _check(cfg.kl.answer_within_tokens is None or (type(cfg.kl.answer_within_tokens) is int and cfg.kl.answer_within_tokens > 0),
+           "kl.answer_within_tokens", cfg.kl.answer_within_tokens, "a positive integer or null (no filter)")
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "an integer >= 0")
     _check(cfg.checkpoint.debug_pause_s >= 0, "checkpoint.debug_pause_s", cfg.checkpoint.debug_pause_s, "a number >= 0")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))

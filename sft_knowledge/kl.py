@@ -2,13 +2,21 @@
 
 For each question, compare the two models' distributions over the first answer token: keep the fine-tuned model's
 top-k token ids, renormalise both models' logits over just those k ids, and take KL(ft || base).
+
+The paper keeps only "completions where the answers appear near the beginning of the generated text"; here a
+fact is kept when its answer (or an alias) begins within the first `answer_within_tokens` tokens of the base
+model's greedy completion of the base prompt (`early_answers`), so the first token compared is the answer's
+or one shortly before it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+
+from .data.facts import is_correct
+from .decoding import generate
 
 
 def topk_renormalised_kl(ft_logits: Tensor, base_logits: Tensor, k: int = 10) -> Tensor:
@@ -51,3 +59,56 @@ def kl_stats(values: Tensor) -> KLStats | None:
         histogram=[int(c) for c in counts],
         bin_edges=edges.tolist(),
     )
+
+
+def answer_start(tokenizer, ids: list[int], answers: list[str]) -> int | None:
+    """Index of the token of `ids` at which the first occurrence of an answer (or alias) begins, by the substring
+    rule of `is_correct`: the shortest prefix holding the answer ends that occurrence, and the last token from which
+    the text up to that end still holds it is where it begins. None when no answer appears."""
+    starts = []
+    for answer in answers:
+        end = next((k for k in range(1, len(ids) + 1) if is_correct(tokenizer.decode(ids[:k]), [answer])), None)
+        if end is not None:
+            starts.append(max(i for i in range(end) if is_correct(tokenizer.decode(ids[i:end]), [answer])))
+    return min(starts, default=None)
+
+
+@dataclass
+class AnswerFilter:
+    """Which facts `early_answers` kept (results.json: kl_filter)."""
+    answer_within_tokens: int | None  # None: no filter, every fact kept
+    n_candidates: int
+    n_kept: int
+    kept_by_start: list[int] | None  # kept facts whose answer begins at generated token 0, 1, ... (None: no filter)
+    kept: list[int]  # indices of the kept facts
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "kept"}
+
+
+def early_answers(model, tokenizer, prompts: list[str], answers: list[list[str]], within: int | None,
+                  batch_size: int = 256) -> AnswerFilter:
+    """The facts whose answer begins within the first `within` tokens of the model's greedy completion of its prompt.
+
+    Greedy for `within` tokens plus the longest answer's, so an answer that begins in time is complete. Positions
+    count the tokens of the completion's encoding, which are the generated ones whenever the model writes text in
+    its tokenizer's own segmentation (as greedy completions do)."""
+    if within is None:
+        return AnswerFilter(None, len(prompts), len(prompts), None, list(range(len(prompts))))
+    if within < 1:
+        raise ValueError(f"kl.answer_within_tokens={within}: expected a positive integer or null")
+    flat = [f" {a}" for alts in answers for a in alts]
+    longest = max((len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"]), default=0)
+    completions = generate(model, tokenizer, prompts, within + longest, 0.0, batch_size) if prompts else []
+    encoded = tokenizer(completions, add_special_tokens=False)["input_ids"] if prompts else []
+    starts = [answer_start(tokenizer, ids, alts) for ids, alts in zip(encoded, answers, strict=True)]
+    kept = [i for i, s in enumerate(starts) if s is not None and s < within]
+    return AnswerFilter(within, len(prompts), len(kept), [starts.count(t) for t in range(within)], kept)
+
+
+def missing_reason(level: int, answer_filter: AnswerFilter) -> str:
+    """Why the KL on D_test-<level> is missing: the level is empty, or the filter kept none of its facts."""
+    if answer_filter.n_candidates == 0:
+        return f"D_test-{level} holds no facts"
+    return (f"none of the {answer_filter.n_candidates} D_test-{level} facts has its answer within the base model's "
+            f"first {answer_filter.answer_within_tokens} generated tokens (kl.answer_within_tokens)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import tempfile
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,25 @@ def check_command_line(argv: list[str]) -> None:
         else:
             params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
             cells = axis_cells(params + overrides)
+        output_dirs = set()
         for cell in cells:
             dcfg = _compose([o for o in cell if not o.lstrip("+~").startswith("hydra")], with_hydra=False)
             check_keys(dcfg)
             cfg: Config = OmegaConf.to_object(dcfg)
             validate(cfg)
+            output_dirs.add(Path(cfg.paths.output_dir))
     GlobalHydra.instance().clear()
+    for output_dir in sorted(output_dirs):  # only once every cell is valid: a bad command leaves nothing behind
+        _check_writable(output_dir)
+
+
+def _check_writable(output_dir: Path) -> None:
+    """Hydra makes its job directory under paths.output_dir before any of our code runs: try it here, in one line."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=output_dir).close()
+    except OSError as err:
+        raise ConfigError(f"paths.output_dir={output_dir} is not writable ({err.strerror}): point it at a writable directory") from None
 
 
 def check_keys(dcfg: DictConfig, schema: type = Config, prefix: str = "") -> None:

@@ -29,7 +29,7 @@ from .errors import Interrupted
 from .decoding import next_token_logits, qa_prompt
 from .evaluate import LevelAccuracy, accuracy, answer_hits, level_subsets
 from .fsdp import sft_fsdp
-from .kl import kl_stats, topk_renormalised_kl
+from .kl import early_answers, kl_stats, missing_reason, topk_renormalised_kl
 from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, smollm2_spec, tiny_world_spec
 from .prescreen import facts_from_json, facts_to_json, prescreen
 from .probe import ProbeConfig, ProbeResult, probe
@@ -200,8 +200,10 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
     }
     kl_facts = level_subsets(kb.splits["test"], levels.level["test"], cfg.kl.max_facts, cfg.eval.seed)[cfg.kl.level]
     ft_prompts, base_prompts = kl_prompts(kb, kl_facts, levels, cfg.kl.base_prompt)
-    with timer("kl"):
-        base_logits = next_token_logits(model, tokenizer, base_prompts) if kl_facts else torch.empty(0)
+    with timer("kl"):  # on the base model, while it is in memory: the kept facts serve the KL curve and the final KL
+        kl_filter = early_answers(model, tokenizer, base_prompts, [kb.answers(f) for f in kl_facts], cfg.kl.answer_within_tokens)
+        ft_prompts, base_prompts = [ft_prompts[i] for i in kl_filter.kept], [base_prompts[i] for i in kl_filter.kept]
+        base_logits = next_token_logits(model, tokenizer, base_prompts) if base_prompts else torch.empty(0)
     base_state = weight_copy(model, cfg.resources.weight_copies)
     if cfg.train.strategy == "fsdp":
         model = None  # the SFT workers load their own shards: this process's copy would hold GPU memory they need
@@ -249,10 +251,14 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
     def evaluate_all() -> dict[str, LevelAccuracy]:
         return {split: accuracy(model, tokenizer, kb, eval_sets[split], cfg.eval) for split in ("test", "testood")}
 
+    def train_accuracy() -> float:
+        """Accuracy (%) on the SFT subset itself (paper Table 6)."""
+        train_hits = answer_hits(model, tokenizer, kb, train_facts, cfg.eval)
+        return round(100 * sum(train_hits) / len(train_hits), 2)
+
     with timer("evaluate"):
         acc = evaluate_all()
-        train_hits = answer_hits(model, tokenizer, kb, train_facts, cfg.eval)
-        acc_train = round(100 * sum(train_hits) / len(train_hits), 2)
+        acc_train = train_accuracy()
     with timer("kl"):
         kl_values = token_kl(model, tokenizer, ft_prompts, base_logits, cfg.kl.top_k)
         kl = kl_stats(kl_values)
@@ -274,16 +280,16 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
         for ratio in tqdm(ratios, desc="restoration", disable=len(ratios) < 3):
             sel = selections[ratio]
             if sel.k == 0:
-                restored = acc
+                restored, restored_train = acc, acc_train
             else:
                 restore_into(model, base_state, ft_state, sel, region, strategy, seed)
-                restored = evaluate_all()
+                restored, restored_train = evaluate_all(), train_accuracy()
             restore_records.append({
                 "ratio": ratio, "strategy": strategy, "region": region, "n_restored": sel.k, "n_region": sel.n_total,
                 "change_share": round(100 * sel.change_share, 2), "per_tensor": sel.per_tensor,
-                **_acc_fields(restored),
+                **_acc_fields(restored), "acc_train": restored_train,
             })
-            log(_level_metrics("restore", restored) | {"restore/ratio": ratio})
+            log(_level_metrics("restore", restored) | {"restore/acc_train": restored_train, "restore/ratio": ratio})
         tracker.table("restore/acc_vs_ratio", ["ratio", "split", "accuracy"],
                       [[r["ratio"], split, r[f"acc_{split}"]] for split in ("test", "testood") for r in restore_records],
                       line={"x": "ratio", "y": "accuracy", "stroke": "split", "title": f"Accuracy (%) against restored parameters (%, {strategy})"})
@@ -302,7 +308,8 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
         "acc_train": acc_train,
         "kl_test4": kl.mean if kl is not None and cfg.kl.level == 4 else None,
         "kl_level": cfg.kl.level,
-        "kl": asdict(kl) if kl is not None else {"missing": f"D_test-{cfg.kl.level} holds no facts"},
+        "kl": asdict(kl) if kl is not None else {"missing": missing_reason(cfg.kl.level, kl_filter)},
+        "kl_filter": kl_filter.record(),
         "kl_curve": train_log["kl_curve"],
         "restore": restore_records,
         "restore_blocks": block_records,

@@ -2,7 +2,9 @@
 
 For a fact, the base model continues each of `n_map` mapping-template prefixes `n_sample` times at
 temperature 0.7; R = the fraction of continuations that contain the answer. R sorts facts into
-D-0: R = 0, D-1: (0, .25], D-2: (.25, .5], D-3: (.5, .75], D-4: (.75, 1].
+D-0: R = 0, D-1: (0, .25], D-2: (.25, .5], D-3: (.5, .75], D-4: (.75, 1]. The levels come from the integer
+hit count out of n_map x n_sample (`level_of_hits`), never from a float R: a float32 mean of per-template
+means can put exactly half the hits (105 of 210) above 0.5, in D-3.
 
 `estimator="likelihood"` replaces sampling by its expectation: R = the mean over templates of the
 probability of producing the answer at that temperature (teacher forcing, one forward pass per
@@ -56,7 +58,16 @@ class ProbeResult:
         return max(range(len(rates)), key=rates.__getitem__)
 
 
+def level_of_hits(hits: int, total: int) -> int:
+    """The sampling level of `hits` of `total` samples, by exact integer comparisons: D-0 no hit, D-1 <= 25%,
+    D-2 <= 50%, D-3 <= 75%, D-4 above."""
+    if not 0 <= hits <= total:
+        raise ValueError(f"hits={hits} must be between 0 and the {total} samples")
+    return 0 if hits == 0 else next((lv for lv in (1, 2, 3) if 4 * hits <= lv * total), 4)
+
+
 def level_of(rate: float, zero_below: float = 0.0) -> int:
+    """The level of a float R: the likelihood estimator's expected hit rate, which has no integer count."""
     if rate <= zero_below:
         return 0
     return next(lv for lv in range(1, 5) if rate <= LEVEL_UPPER[lv])
@@ -90,17 +101,20 @@ def vllm_sampler(model, tokenizer, cfg: ProbeConfig) -> Sampler:
     return sample
 
 
-def _template_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: ProbeConfig, sample: Sampler | None, desc: str) -> torch.Tensor:
-    """[n_facts, n_map] expected hit rate of each fact under each template."""
+def _template_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: ProbeConfig, sample: Sampler | None,
+                   desc: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """([n_facts, n_map] hit rate of each fact under each template, float64; [n_facts] integer hits out of
+    n_map x n_sample, or None for the likelihood estimator, whose rates are expectations)."""
     prompts = _prompts(kb, facts, cfg.n_map)
     if cfg.estimator == "likelihood":
         answers = [f.object for f in facts for _ in range(cfg.n_map)]
         logp = answer_logprob(model, tokenizer, prompts, answers, cfg.temperature, cfg.batch_size)
-        return logp.exp().view(len(facts), cfg.n_map)
+        return logp.double().exp().view(len(facts), cfg.n_map), None
     texts = sample(prompts, desc)
     answers = [kb.answers(f) for f in facts for _ in range(cfg.n_map * cfg.n_sample)]
-    hits = torch.tensor([is_correct(t, a) for t, a in zip(texts, answers, strict=True)], dtype=torch.float32)
-    return hits.view(len(facts), cfg.n_map, cfg.n_sample).mean(-1)
+    hits = torch.tensor([is_correct(t, a) for t, a in zip(texts, answers, strict=True)], dtype=torch.long)
+    per_template = hits.view(len(facts), cfg.n_map, cfg.n_sample).sum(-1)
+    return per_template.double() / cfg.n_sample, per_template.sum(-1)
 
 
 def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
@@ -119,11 +133,15 @@ def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
         if not facts:
             result.rate[split], result.level[split] = [], []
             continue
-        hits = _template_hits(model, tokenizer, kb, facts, cfg, sample, desc=f"probe {split} ({len(facts)} facts)")
-        rate = hits.mean(-1).tolist()
-        result.rate[split] = rate
-        result.level[split] = [level_of(r, zero_below) for r in rate]
-        for f, row in zip(facts, hits):
+        rates, hits = _template_hits(model, tokenizer, kb, facts, cfg, sample, desc=f"probe {split} ({len(facts)} facts)")
+        if hits is None:
+            result.rate[split] = rates.mean(-1).tolist()
+            result.level[split] = [level_of(r, zero_below) for r in result.rate[split]]
+        else:
+            total = cfg.n_map * cfg.n_sample
+            result.rate[split] = (hits.double() / total).tolist()
+            result.level[split] = [level_of_hits(h, total) for h in hits.tolist()]
+        for f, row in zip(facts, rates):
             per_relation.setdefault(f.relation, []).append(row)
     result.template_rate = {rel: torch.stack(rows).mean(0).tolist() for rel, rows in per_relation.items()}
     return result

@@ -25,7 +25,9 @@ def run_summary(r: dict) -> str:
     kl = r["kl"]
     if "mean" in kl:
         curve = ", ".join(f"{p['step']}:{p['kl_mean']:.3f}" for p in r["kl_curve"])
-        lines.append(f"  KL on D_test-{r['kl_level']} (n={kl['n']}): mean {kl['mean']:.4f}, median {kl['median']:.4f}, p90 {kl['p90']:.4f}; curve (step:mean) {curve}")
+        kept = r.get("kl_filter") or {}
+        within = f" of {kept['n_candidates']}, answer within {kept['answer_within_tokens']} tokens" if kept.get("answer_within_tokens") else ""
+        lines.append(f"  KL on D_test-{r['kl_level']} (n={kl['n']}{within}): mean {kl['mean']:.4f}, median {kl['median']:.4f}, p90 {kl['p90']:.4f}; curve (step:mean) {curve}")
     else:
         lines.append(f"  KL: missing ({kl['missing']})")
     if r["restore"]:

@@ -75,7 +75,7 @@ def test_a_config_error_is_one_line_before_any_stage(overrides, message, model_d
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
     ("+data.szie=240", "error: data.szie is not a config key: did you mean data.size?"),
-    ("paths.output_dir=/sys/sft_knowledge_test", "error: paths.output_dir=/sys/sft_knowledge_test: cannot create"),
+    ("paths.output_dir=/sys/sft_knowledge_test", "error: paths.output_dir=/sys/sft_knowledge_test is not writable"),
     ("data.size=100000", "error: data.size=100000 is larger than the bucket, which holds"),
 ])
 def test_the_command_line_shows_one_error_line_and_exits_non_zero(overrides, message, smoke_cache, tmp_path):

@@ -44,6 +44,8 @@ def test_mastery_option_selects_bucket():
         ("mastery.backend=vllm mastery.estimator=likelihood",
          "mastery.backend=vllm only samples: use mastery.estimator=sampling, or mastery.backend=hf for mastery.estimator=likelihood"),
         ("kl.level=5", "kl.level=5 is not allowed: expected 0..4"),
+        ("kl.answer_within_tokens=0", "kl.answer_within_tokens=0 is not allowed: expected a positive integer or null (no filter)"),
+        ("kl.answer_within_tokens=true", "kl.answer_within_tokens=True is not allowed"),
         ("train.micro_batch_size=3", "train.micro_batch_size=3 is not allowed: expected a divisor of train.batch_size=8"),
         ("train.method=adapter", "train.method='adapter' is not allowed: expected full, lora"),
         ("train.strategy=ddp", "train.strategy='ddp' is not allowed: expected single, fsdp"),

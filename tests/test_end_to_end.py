@@ -9,7 +9,7 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
-RESTORE_FIELDS = {"ratio", "strategy", "region", "acc_test", "acc_testood", "acc_test_level", "acc_testood_level"}
+RESTORE_FIELDS = {"ratio", "strategy", "region", "acc_test", "acc_testood", "acc_test_level", "acc_testood_level", "acc_train"}
 
 
 def _results(output_dir: Path) -> list[dict]:
@@ -20,16 +20,23 @@ def test_run_writes_every_result_field_and_reuses_the_cache(smoke_cache, tmp_pat
     proc = run_cli(output_dir=tmp_path, cache_dir=smoke_cache)
     [r] = _results(tmp_path)
     for key in ("config", "run_key", "provenance", "acc_test", "acc_testood", "acc_train", "kl_test4", "kl_curve",
-                "restore", "update_share", "timings", "level_counts"):
+                "restore", "update_share", "timings", "level_counts", "kl_filter"):
         assert key in r, key
     assert len(r["acc_test_level"]) == len(r["acc_testood_level"]) == 5
     assert r["provenance"]["git_sha"] and "torch" in r["provenance"]["packages"]
     assert r["cache_hits"] == {"base_model": True, "probe": True, "sft": True}  # the session fixture ran this config
     assert [x["ratio"] for x in r["restore"]] == [0, 5, 20, 60] and all(RESTORE_FIELDS <= set(x) for x in r["restore"])
     assert r["restore"][0]["acc_test"] == r["acc_test"] and r["restore"][0]["n_restored"] == 0
+    assert r["restore"][0]["acc_train"] == r["acc_train"] and all(0 <= x["acc_train"] <= 100 for x in r["restore"])
     assert set(r["update_share"]) == {"1", "3", "5", "10", "20", "40", "60"}
     assert 0 < r["update_share"]["1"] < r["update_share"]["20"] < r["update_share"]["60"] <= 100
     assert r["kl_test4"] is not None and r["kl_test4"] >= 0 and len(r["kl_curve"]) == 3
+    # The KL's facts: D_test-4's whose answer begins within the base model's first 3 greedy tokens (the default).
+    kept = r["kl_filter"]
+    assert kept["answer_within_tokens"] == 3 and kept["n_candidates"] == r["level_counts"]["test"][4]
+    assert 0 < kept["n_kept"] == r["kl"]["n"] == sum(kept["kept_by_start"]) <= kept["n_candidates"]
+    # the KL curve is measured on the same facts: its last point, after the last step, is the final KL
+    assert r["kl_curve"][-1]["step"] == len(r["train_loss"]) and r["kl_curve"][-1]["kl_mean"] == pytest.approx(r["kl_test4"], rel=1e-5)
     assert "accuracy (%)" in proc.stdout and "results:" in proc.stdout
 
     # The same command again recomputes nothing and leaves the finished result alone.
@@ -37,6 +44,17 @@ def test_run_writes_every_result_field_and_reuses_the_cache(smoke_cache, tmp_pat
     stamp = results_file.stat().st_mtime_ns
     again = run_cli(output_dir=tmp_path, cache_dir=smoke_cache)
     assert "already done" in again.stdout and results_file.stat().st_mtime_ns == stamp
+
+
+def test_without_the_answer_filter_the_kl_covers_every_d_test_4_fact(smoke_cache, tmp_path):
+    run_cli("kl.answer_within_tokens=null", output_dir=tmp_path, cache_dir=smoke_cache)
+    [every], [kept] = _results(tmp_path), _results(smoke_cache.parent / "warmup")  # the fixture's run: the default filter
+    n = every["level_counts"]["test"][4]
+    assert every["kl_filter"] == {"answer_within_tokens": None, "n_candidates": n, "n_kept": n, "kept_by_start": None}
+    assert every["kl"]["n"] == n and every["kl_curve"][-1]["kl_mean"] == pytest.approx(every["kl_test4"], rel=1e-5)
+    assert every["acc_test"] == kept["acc_test"]  # the filter changes what the KL is taken over, not the fine-tuning
+    if kept["kl_filter"]["n_kept"] == n:  # the filter kept every fact: the same KL
+        assert every["kl"]["mean"] == pytest.approx(kept["kl"]["mean"], rel=1e-5)
 
 
 def test_new_restore_ratios_reuse_probe_and_fine_tuned_weights(smoke_cache, tmp_path):
@@ -95,7 +113,9 @@ def test_offline_tracking_writes_wandb_run_and_metrics(smoke_cache, tmp_path):
     [offline] = list((run_dir / "wandb").glob(f"offline-run-*-{r['run_key']}"))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     scalars = {k: v for rec in records if "step" in rec for k, v in rec.items()}  # the last value of each metric
-    assert {"train/loss", "train/lr", "kl/curve_mean", "kl/mean", "eval/acc_train", "restore/acc_test", "restore/ratio"} <= set(scalars)
+    assert {"train/loss", "train/lr", "kl/curve_mean", "kl/mean", "eval/acc_train", "restore/acc_test", "restore/acc_train",
+            "restore/ratio"} <= set(scalars)
+    assert [rec["restore/acc_train"] for rec in records if "restore/acc_train" in rec] == [x["acc_train"] for x in r["restore"]]
     assert [rec["train/loss"] for rec in records if "train/loss" in rec] == r["train_loss"]
     assert [rec["step"] for rec in records if "kl/curve_mean" in rec] == [p["step"] for p in r["kl_curve"]]
     [final] = [rec for rec in records if "eval/acc_test" in rec]

@@ -37,10 +37,13 @@ def test_smollm2_on_entityquestions_end_to_end(eq_run):
     # After SFT the model answers the facts it knew better than those it did not.
     assert r["acc_test_level"][populated[-1]] > r["acc_test_level"][0], r["acc_test_level"]
     assert [x["ratio"] for x in r["restore"]] == [0, 5, 40] and all(x["acc_test"] is not None for x in r["restore"])
-    if counts["test"][4]:
-        assert r["kl"]["n"] == counts["test"][4]
+    kept = r["kl_filter"]  # the D_test-4 facts whose answer begins within the base model's first greedy tokens
+    assert kept["n_candidates"] == counts["test"][4] and 0 <= kept["n_kept"] <= kept["n_candidates"]
+    if kept["n_kept"]:
+        assert r["kl"]["n"] == kept["n_kept"]
     else:
-        assert r["kl"] == {"missing": "D_test-4 holds no facts"} and r["kl_test4"] is None
+        reason = f"none of the {counts['test'][4]} D_test-4 facts" if counts["test"][4] else "D_test-4 holds no facts"
+        assert r["kl"]["missing"].startswith(reason) and r["kl_test4"] is None
     assert "KL" in proc.stdout and "pre-screened subset" in proc.stdout
 
 

@@ -1,9 +1,12 @@
 import math
+import re
 
 import pytest
 import torch
 
-from sft_knowledge.kl import kl_stats, topk_renormalised_kl
+from sft_knowledge import kl as kl_module
+from sft_knowledge.kl import answer_start, early_answers, kl_stats, missing_reason, topk_renormalised_kl
+from sft_knowledge.pretrain import train_tokenizer
 
 
 def test_hand_computed_example():
@@ -66,3 +69,106 @@ def test_kl_stats_empty_and_all_zero():
     assert kl_stats(torch.zeros(0)) is None
     stats = kl_stats(torch.zeros(4))
     assert stats.max == 0.0 and stats.histogram[0] == 4 and sum(stats.histogram) == 4
+
+
+# The answer-position filter (paper §4.1: "answers appear near the beginning of the generated text").
+
+
+class WordTokenizer:
+    """GPT-2-like pieces: a word with its leading space, or a run of punctuation; decode joins them back."""
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+        self.pieces: list[str] = []
+
+    def _id(self, piece: str) -> int:
+        if piece not in self.vocab:
+            self.vocab[piece] = len(self.pieces)
+            self.pieces.append(piece)
+        return self.vocab[piece]
+
+    def __call__(self, texts, add_special_tokens=True):
+        assert not add_special_tokens
+        return {"input_ids": [[self._id(p) for p in re.findall(r" ?\w+| ?[^\w\s]+|\s+", t)] for t in texts]}
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids)
+
+
+def _ids(tok, text):
+    return tok([text], add_special_tokens=False)["input_ids"][0]
+
+
+def test_answer_start_is_the_token_where_the_answer_begins():
+    tok = WordTokenizer()
+    assert answer_start(tok, _ids(tok, " Paris, France"), ["Paris"]) == 0
+    assert answer_start(tok, _ids(tok, " the city of Paris"), ["Paris"]) == 3
+    assert answer_start(tok, _ids(tok, " in New York City."), ["New York City"]) == 1  # a three-token answer
+    assert answer_start(tok, _ids(tok, " a small town"), ["Paris"]) is None
+    # the earliest of the answer and its aliases; matching is is_correct's (case, punctuation)
+    assert answer_start(tok, _ids(tok, " the NYC area, New York City"), ["New York City", "NYC"]) == 1
+    assert answer_start(tok, _ids(tok, " PARIS!"), ["Paris"]) == 0
+    assert answer_start(tok, _ids(tok, " (paris)"), ["Paris"]) == 1  # the bracket is a token of its own
+    # an answer inside a longer word begins at that word's token, as the substring rule counts it
+    assert answer_start(tok, _ids(tok, " big Parisian"), ["Paris"]) == 1
+
+
+def test_answer_start_with_a_real_bpe_tokenizer():
+    tok = train_tokenizer([f"Person{i} was born in Town{i % 5} near the old river." for i in range(100)], 300)
+    for prefix in ["", " near the", " near the old river. Person3 was born in"]:
+        ids = _ids(tok, f"{prefix} Town3 near")
+        assert answer_start(tok, ids, ["Town3"]) == len(_ids(tok, prefix))
+
+
+N = 3
+# base prompt -> the base model's scripted greedy completion; the answer begins at token 0, N-1, N or never.
+COMPLETIONS = {
+    "a": " Paris, in France",  # token 0: kept
+    "b": " the city Paris",  # token 2 = N-1: kept
+    "c": " the old city Paris",  # token 3 = N: dropped
+    "d": " a small town",  # never: dropped
+    "e": " of the Berne canton",  # alias, token 2: kept
+    "f": " in the old city of Bern",  # too late even for the gold answer: dropped
+}
+ANSWERS = {"a": ["Paris"], "b": ["Paris"], "c": ["Paris"], "d": ["Paris"], "e": ["Bern", "Berne"], "f": ["Bern", "Berne"]}
+
+
+def _scripted(monkeypatch, calls):
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size):
+        calls.append((prompts, max_new_tokens, temperature))
+        return [COMPLETIONS[p] for p in prompts]
+    monkeypatch.setattr(kl_module, "generate", fake_generate)
+
+
+def test_early_answers_keeps_answers_starting_before_token_n(monkeypatch):
+    calls = []
+    _scripted(monkeypatch, calls)
+    prompts = list(COMPLETIONS)
+    kept = early_answers(None, WordTokenizer(), prompts, [ANSWERS[p] for p in prompts], N)
+    assert kept.kept == [0, 1, 4] and (kept.n_candidates, kept.n_kept) == (6, 3)
+    assert kept.kept_by_start == [1, 0, 2]  # "a" at token 0; "b" and "e" at token 2
+    assert kept.record() == {"answer_within_tokens": 3, "n_candidates": 6, "n_kept": 3, "kept_by_start": [1, 0, 2]}
+    # greedy, for N tokens plus the longest answer's (every answer here is one word piece)
+    [(seen, max_new, temperature)] = calls
+    assert seen == prompts and max_new == N + 1 and temperature == 0.0
+    # one token more lets "c" in; one less drops "b" and "e"
+    assert early_answers(None, WordTokenizer(), prompts, [ANSWERS[p] for p in prompts], N + 1).kept == [0, 1, 2, 4]
+    assert early_answers(None, WordTokenizer(), prompts, [ANSWERS[p] for p in prompts], N - 1).kept == [0]
+
+
+def test_no_filter_keeps_every_fact_without_generating(monkeypatch):
+    calls = []
+    _scripted(monkeypatch, calls)
+    kept = early_answers(None, WordTokenizer(), list("abcd"), [["Paris"]] * 4, None)
+    assert kept.kept == [0, 1, 2, 3] and kept.record() == {"answer_within_tokens": None, "n_candidates": 4, "n_kept": 4, "kept_by_start": None}
+    assert calls == []
+
+
+def test_missing_kl_says_why(monkeypatch):
+    _scripted(monkeypatch, [])
+    empty = early_answers(None, WordTokenizer(), [], [], N)
+    assert (empty.n_candidates, empty.n_kept) == (0, 0)
+    assert missing_reason(4, empty) == "D_test-4 holds no facts"
+    none_kept = early_answers(None, WordTokenizer(), ["c", "d"], [["Paris"], ["Paris"]], N)
+    assert none_kept.kept == [] and missing_reason(4, none_kept) == (
+        "none of the 2 D_test-4 facts has its answer within the base model's first 3 generated tokens (kl.answer_within_tokens)")

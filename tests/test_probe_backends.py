@@ -157,3 +157,52 @@ def test_real_vllm_samples_what_the_hf_path_samples(tmp_path):
     gap = sum(abs(a - b) for a, b in zip(hf.rate["train"], vl.rate["train"])) / len(rows)
     print(f"\nR per fact, hf {hf.rate['train']} vs vllm {vl.rate['train']}: mean gap {gap:.3f}")
     assert vl.level["train"][3:] == [0, 0] and gap < 0.15  # invented facts stay D-0; 40 samples per fact: sd of a gap ~0.1
+
+
+# Hits of each of the 21 templates (10 samples each), 105 of 210 in all: exactly half, so D-2. A float32 mean of the
+# per-template means put each of these above 0.5 (0.50000006 or 0.50000012 on the machine that found them in random
+# arrangements), in D-3; integer hit counts cannot.
+HALF_OF_210 = [
+    [5, 6, 5, 4, 4, 5, 8, 5, 7, 4, 3, 5, 2, 6, 6, 6, 5, 5, 3, 7, 4],
+    [6, 5, 6, 4, 5, 4, 6, 4, 7, 3, 4, 5, 6, 4, 5, 7, 7, 4, 4, 5, 4],
+    [3, 5, 5, 6, 6, 6, 3, 5, 5, 6, 6, 8, 4, 5, 2, 6, 5, 5, 3, 5, 6],
+    [6, 3, 4, 4, 6, 3, 5, 4, 5, 5, 6, 5, 6, 7, 8, 4, 7, 2, 4, 6, 5],
+]
+
+
+def _spread(hits: int, n_map: int, n_sample: int) -> list[int]:
+    """`hits` spread over the templates as evenly as they go (the first templates get one more)."""
+    return [hits // n_map + (j < hits % n_map) for j in range(n_map)]
+
+
+def _probe_counts(monkeypatch, per_fact: list[list[int]], n_sample: int):
+    """The sampling probe on one train fact per row of `per_fact` (hits of each template out of n_sample), scripted."""
+    n_map = len(per_fact[0])
+    templates = tuple(f"{{subject}} template {j} says" for j in range(n_map))
+    rel = Relation("P19", "Where was [X] born?", templates, True)
+    facts = [Fact(f"S{i}", "P19", "Paris", rel.question(f"S{i}")) for i in range(len(per_fact))]
+    script = {t.format(subject=f.subject): [" Paris" if s < k else " Rome" for s in range(n_sample)]
+              for f, counts in zip(facts, per_fact) for t, k in zip(templates, counts)}
+    monkeypatch.setattr(probe_module, "generate", lambda model, tok, prompts, *args: [t for p in prompts for t in script[p]])
+    kb = KnowledgeBase({"P19": rel}, {"train": facts, "test": [], "testood": []})
+    return probe(MODEL, CharTokenizer(), kb, ProbeConfig(n_map=n_map, n_sample=n_sample))
+
+
+def test_exactly_half_the_hits_is_d2_however_they_fall_over_templates(monkeypatch):
+    result = _probe_counts(monkeypatch, HALF_OF_210 + [_spread(105, 21, 10)], n_sample=10)
+    assert result.level["train"] == [2] * 5 and result.rate["train"] == [0.5] * 5
+
+
+@pytest.mark.parametrize("n_map, n_sample, hits_and_levels", [
+    # 210 samples: 25% is 52.5 hits, 50% 105, 75% 157.5
+    (21, 10, [(0, 0), (1, 1), (52, 1), (53, 2), (105, 2), (106, 3), (157, 3), (158, 4), (209, 4), (210, 4)]),
+    # 16 samples: 25% is 4 hits, 50% 8, 75% 12
+    (4, 4, [(0, 0), (1, 1), (4, 1), (5, 2), (8, 2), (9, 3), (12, 3), (13, 4), (16, 4)]),
+])
+def test_levels_at_the_quarter_boundaries_through_the_probe(monkeypatch, n_map, n_sample, hits_and_levels):
+    result = _probe_counts(monkeypatch, [_spread(h, n_map, n_sample) for h, _ in hits_and_levels], n_sample)
+    assert result.level["train"] == [lv for _, lv in hits_and_levels]
+    assert result.rate["train"] == [h / (n_map * n_sample) for h, _ in hits_and_levels]
+    # the per-template rates average to R
+    assert result.template_rate["P19"] == pytest.approx(
+        [sum(_spread(h, n_map, n_sample)[j] for h, _ in hits_and_levels) / n_sample / len(hits_and_levels) for j in range(n_map)])
