@@ -181,7 +181,9 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
             kb, prescreen_counts, hits["prescreen"] = load_subset(cache, data_spec, model, tokenizer, kb, cfg)
     with timer("probe"):
         pcfg = probe_config(cfg)
-        probe_spec = {"base": base_spec, "probe": asdict(pcfg)}  # the bucket is not in it: one probe serves all buckets
+        # The bucket is not in it: one probe serves all buckets. `levels` names the rule that turns hits into levels,
+        # so probes cached under the old float rule (exactly half the hits could land in D-3) are not reused.
+        probe_spec = {"base": base_spec, "probe": asdict(pcfg), "levels": "integer hit counts"}
         if data_spec is not None:
             probe_spec["data"] = data_spec
         levels, hits["probe"] = load_mastery(cache, probe_spec, model, tokenizer, kb, pcfg)
