@@ -10,9 +10,9 @@ group (fsdp.py), `sft` trains that rank's share of each global batch; the result
 
 Precision (`train.precision`): under `fp32_master` (the default) a bf16 or fp16 model's trainable weights become
 fp32 for the fine-tune, AdamW steps them and keeps its state in fp32, forward and backward run under autocast in the
-model's dtype, and the weights are handed back in that dtype (the fp32 master rounded): at lr 1e-5 a bf16 weight
-of |w| > ~0.004 moves by less than half its ulp per step, so stepping the bf16 weights themselves (`pure`) drops most
-updates. A float32 model trains in float32 under either.
+model's dtype, and the weights are handed back in that dtype (the fp32 master rounded): at lr 1e-5 a bf16
+weight of |w| >= 2^-8 (0.0039) moves by less than half its ulp per step, so stepping the bf16 weights themselves
+(`pure`) drops most updates. A float32 model trains in float32 under either.
 
 Given a checkpoint directory, SFT is resumable: model, optimizer, step, RNG, data order and the
 training log are saved every `checkpoint.every` steps and when SLURM or submitit signals the job

@@ -191,7 +191,9 @@ def test_fsdp_fp32_master_shards_fp32_computes_bf16_and_saves_bf16(tok, runs, tm
     ft = tuned.state_dict()
     matrices = [n for n in base if in_region(n, "transformer")]
     # Another order of sums and FSDP's bf16 activations in place of autocast's: the same scalars flip, give or take
-    # those whose masters end within a few float32 ulps of a bf16 rounding boundary.
+    # those whose masters end near a bf16 rounding boundary (measured: 99.9% agree, shares 0.04% apart, losses 2e-4).
     sharded, single, pure = (_changed_share(base, w, matrices) for w in (ft, single_ft, pure_ft))
-    assert sharded == pytest.approx(single, rel=0.1) and sharded > 2 * pure
-    assert log.loss == pytest.approx(single_log.loss, rel=1e-2)
+    assert sharded == pytest.approx(single, rel=0.05) and sharded > 2 * pure
+    agree = sum(int(((ft[n] != base[n]) == (single_ft[n] != base[n])).sum()) for n in matrices) / sum(base[n].numel() for n in matrices)
+    assert agree > 0.98
+    assert log.loss == pytest.approx(single_log.loss, rel=2e-3)
