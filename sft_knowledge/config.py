@@ -23,7 +23,7 @@ from .evaluate import EvalConfig
 from .pretrain import PretrainConfig
 from .probe import BACKENDS, ESTIMATORS, ProbeConfig
 from .restore import REGIONS, STRATEGIES
-from .train import METHODS, CheckpointConfig, TrainConfig
+from .train import METHODS, PRECISIONS, CheckpointConfig, TrainConfig
 from .train import STRATEGIES as TRAIN_STRATEGIES
 
 PAPER_SIZES = (60, 120, 240, 480, 960, 1920)
@@ -188,6 +188,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.mastery.temperature > 0, "mastery.temperature", cfg.mastery.temperature, "a number > 0")
     _check(cfg.train.method in METHODS, "train.method", cfg.train.method, ", ".join(METHODS))
     _check(cfg.train.lora_rank > 0, "train.lora_rank", cfg.train.lora_rank, "a positive integer")
+    _check(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, ", ".join(PRECISIONS))
     _check(cfg.train.strategy in TRAIN_STRATEGIES, "train.strategy", cfg.train.strategy, ", ".join(TRAIN_STRATEGIES))
     _check(cfg.train.strategy == "single" or cfg.train.method == "full", "train.strategy", cfg.train.strategy,
            "single with train.method=lora (FSDP here trains every weight)")

@@ -10,6 +10,11 @@ process groups (on CPU processes `prepare` falls back to DDP), so the CPU tests 
 cluster runs. Its FSDP2 path does what `_sharded_model` does: `fully_shard` each decoder layer and the model,
 and load the weights on rank 0 only (its `cpu_ram_efficient_loading`).
 
+Precision: under `train.precision=fp32_master` (the default) a bf16/fp16 model's sharded parameters, gradients and
+AdamW state are fp32 and FSDP2's MixedPrecisionPolicy all-gathers the parameters in the model's dtype for forward and
+backward and reduce-scatters the gradients in fp32; rank 0 saves the gathered masters rounded to the model's dtype.
+`pure` shards and steps the model's own dtype.
+
 Checkpoints and signals: each worker runs `sft` with the cell's checkpoint directory, so every rank saves its
 shards every `checkpoint.every` steps and all of them at the same step when any is signalled. The main process
 holds SIGTERM and SIGUSR2 (SLURM's stop, submitit's time-out and preemption), passes them to the workers, waits
@@ -28,13 +33,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .config import ConfigError
 from .data.facts import Fact
 from .models import DTYPES
-from .train import CheckpointConfig, DeferredSignals, TrainConfig, TrainLog, sft
+from .train import HALF, CheckpointConfig, DeferredSignals, TrainConfig, TrainLog, sft
 
 
 def sft_fsdp(
@@ -90,31 +95,44 @@ def _worker(rank: int, world: int, init_method: str, base: str, dtype: str, toke
     torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the cell's cores, shared by its processes
     dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world)
     try:
-        model = _sharded_model(base, dtype, rank, device)
+        model = _sharded_model(base, dtype, rank, device, cfg.precision, cfg.fsdp_cpu_offload)
         on_step = (lambda step, total, *_: curve(model, tokenizer, step, total)) if curve is not None else None
         log = sft(model, tokenizer, facts, cfg, lr, seed, on_step, checkpoint_dir, checkpoint,
                   micro_batch_size=micro_batch_size, gradient_checkpointing=gradient_checkpointing)
         weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            model.save_pretrained(out_dir, state_dict=weights)
+        if rank == 0:  # in the model's dtype: fp32 masters rounded, as one process hands them back (train.MasterWeights)
+            model.save_pretrained(out_dir, state_dict={k: v.to(DTYPES[dtype]) for k, v in weights.items()})
+            model.config.dtype = DTYPES[dtype]  # save_pretrained wrote the masters' float32 into config.json
+            model.config.save_pretrained(out_dir)
             (out_dir / "train_log.json").write_text(json.dumps(asdict(log)))
     finally:
         dist.destroy_process_group()
 
 
-def _sharded_model(base: str, dtype: str, rank: int, device: torch.device):
+def mixed_precision(dtype: str, precision: str) -> tuple[torch.dtype, MixedPrecisionPolicy]:
+    """The dtype of the sharded parameters (what AdamW steps) and FSDP's casting policy for them."""
+    if precision == "fp32_master" and DTYPES[dtype] in HALF:
+        return torch.float32, MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
+    return DTYPES[dtype], MixedPrecisionPolicy()
+
+
+def _sharded_model(base: str, dtype: str, rank: int, device: torch.device, precision: str, cpu_offload: bool = False):
     """The model at `base`, each decoder layer and the rest sharded over the ranks. Only rank 0 reads the weights
     (a copy per process of a 70B model would not fit in a node's memory); the others build the model on the meta
-    device and receive their shards from rank 0."""
+    device and receive their shards from rank 0. Under fp32_master the weights are read as fp32 (an exact widening).
+    With `cpu_offload` the shards, their gradients and AdamW's state live in node memory and AdamW steps on the CPU;
+    the GPUs hold only the layers being computed (a 70B model's 16 bytes per parameter exceed 8 x 80 GB)."""
+    param_dtype, policy = mixed_precision(dtype, precision)
+    offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy()
     if rank == 0:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=param_dtype)
     else:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=DTYPES[dtype])
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=param_dtype)
     weights = model.state_dict() if rank == 0 else {}
     for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, mp_policy=policy, offload_policy=offload)
     for module in model.modules():
         if isinstance(module, FSDPModule):
             # sft() weights each rank's examples by their share of the global batch, so the gradients are summed

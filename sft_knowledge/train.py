@@ -8,6 +8,12 @@ A batch larger than fits in memory is reached by gradient accumulation over micr
 so the later stages (restoration included) see ordinary merged weights. Run in every process of an FSDP
 group (fsdp.py), `sft` trains that rank's share of each global batch; the result is the same.
 
+Precision (`train.precision`): under `fp32_master` (the default) a bf16 or fp16 model's trainable weights become
+fp32 for the fine-tune, AdamW steps them and keeps its state in fp32, forward and backward run under autocast in the
+model's dtype, and the weights are handed back in that dtype (the fp32 master rounded): at lr 1e-5 a bf16
+weight of |w| >= 2^-8 (0.0039) moves by less than half its ulp per step, so stepping the bf16 weights themselves
+(`pure`) drops most updates. A float32 model trains in float32 under either.
+
 Given a checkpoint directory, SFT is resumable: model, optimizer, step, RNG, data order and the
 training log are saved every `checkpoint.every` steps and when SLURM or submitit signals the job
 (SIGTERM, SIGUSR2), and a later call with the same directory continues from there with the same result.
@@ -25,6 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,8 @@ from .decoding import encode_examples, qa_prompt
 IGNORE = -100
 METHODS = ("full", "lora")
 STRATEGIES = ("single", "fsdp")
+PRECISIONS = ("fp32_master", "pure")
+HALF = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -53,8 +62,12 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # fp32_master: fp32 weights and AdamW state, compute autocast in the model's bf16/fp16, weights saved in that dtype
+    # (float32 models: plain fp32) | pure: AdamW steps the model's own dtype (bf16 at lr 1e-5: most updates round away)
+    precision: str = "fp32_master"
     strategy: str = "single"  # single: this process trains the whole model | fsdp: sharded over processes (fsdp.py)
     fsdp_processes: Any = None  # fsdp: processes, one per GPU (None: every visible GPU); on a CPU machine, gloo processes
+    fsdp_cpu_offload: bool = False  # fsdp: sharded weights, gradients and AdamW state in node memory (70B: 1.1 TB in fp32)
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -162,6 +175,33 @@ def _load_checkpoint(path: Path, model, opt) -> dict[str, Any]:
     return torch.load(path / "state.pt")
 
 
+class MasterWeights:
+    """`fp32_master` on one process: the trainable bf16/fp16 parameters of `model` are made fp32 in place (the same
+    Parameter objects, so optimizer, checkpoints and tied weights see the masters); `autocast` runs the forward and
+    backward in their former dtype; `round` hands them back in it, round-to-nearest like any cast. Nothing to do under
+    `pure`, for float32 weights, or where the trainable parameters are fp32 already (peft's LoRA adapters, FSDP's
+    sharded masters, whose MixedPrecisionPolicy does the casting)."""
+
+    def __init__(self, model, precision: str):
+        if precision not in PRECISIONS:
+            raise ValueError(f"train.precision={precision!r} is not allowed: expected {', '.join(PRECISIONS)}")
+        self.params = [p for p in model.parameters() if precision == "fp32_master" and p.requires_grad and p.dtype in HALF]
+        dtypes = {p.dtype for p in self.params}
+        if len(dtypes) > 1:
+            raise ValueError(f"fp32_master needs one half-precision dtype among the trainable weights, found {sorted(map(str, dtypes))}")
+        self.dtype = dtypes.pop() if dtypes else None
+        self.device_type = next(model.parameters()).device.type
+        for p in self.params:
+            p.data = p.data.float()
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def round(self) -> None:
+        for p in self.params:
+            p.data = p.data.to(self.dtype)
+
+
 def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and labels (prompt and padding masked out)."""
     width = max(len(p) + len(t) for p, t in examples)
@@ -229,6 +269,7 @@ def sft(
     total = math.ceil(len(order) / cfg.batch_size)
     warmup = round(cfg.warmup_ratio * total)
     micro = cfg.micro_batch_size or micro_batch_size or cfg.batch_size
+    master = MasterWeights(model, cfg.precision)  # before the optimizer: its state takes the masters' dtype
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if gradient_checkpointing:
@@ -258,7 +299,8 @@ def sft(
             for first in range(0, passes * micro, micro):
                 chunk = mine[first : first + micro]
                 share = sum(len(t) for _, t in chunk) / n_tokens
-                loss = model(**{k: v.to(device) for k, v in _batch(chunk or step_examples[:1], pad).items()}).loss * share
+                with master.autocast():
+                    loss = model(**{k: v.to(device) for k, v in _batch(chunk or step_examples[:1], pad).items()}).loss * share
                 loss.backward()
                 loss_sum += loss.item()
             if world > 1:  # the step's loss is the sum of the ranks' shares
@@ -270,7 +312,8 @@ def sft(
             opt.zero_grad(set_to_none=True)
             log.loss.append(loss_sum)
             log.lr.append(step_lr)
-            event = on_step(step + 1, total, log.loss[-1], step_lr) if on_step is not None else None
+            with master.autocast():  # the KL curve sees the model computing as it trains
+                event = on_step(step + 1, total, log.loss[-1], step_lr) if on_step is not None else None
             if event is not None:
                 log.events.append({"step": step + 1, **event})
             periodic = checkpoint.every > 0 and (step + 1) % checkpoint.every == 0 and step + 1 < total
@@ -289,5 +332,6 @@ def sft(
                 raise SystemExit(f"rank {rank}: SFT stopped by a signal after step {step + 1}")
     if gradient_checkpointing:
         model.gradient_checkpointing_disable()
+    master.round()
     model.eval()
     return log

@@ -101,8 +101,11 @@ def test_a_signalled_fsdp_sft_saves_every_shard_and_resumes_to_the_same_weights(
         assert torch.equal(got, want[name]), name
 
 
-def test_the_13b_and_70b_models_pick_fsdp_and_the_command_line_overrides_it():
-    assert [compose_config(f"model={m}").train.strategy for m in ("llama3_8b", "llama2_13b", "llama3_70b")] == ["single", "fsdp", "fsdp"]
+def test_the_llama_models_pick_fsdp_the_70b_with_cpu_offload_and_the_command_line_overrides_it():
+    # fp32 master weights and AdamW state (16 bytes per parameter) fit no single 80 GB GPU from 7B up, 70B no 8 x 80 GB.
+    picked = [(c.train.strategy, c.train.fsdp_cpu_offload, c.train.precision)
+              for c in (compose_config(f"model={m}") for m in ("llama2_7b", "llama3_8b", "llama2_13b", "llama3_70b"))]
+    assert picked == [("fsdp", False, "fp32_master")] * 3 + [("fsdp", True, "fp32_master")]
     assert compose_config("model=llama3_70b", "train=full").train.strategy == "single"
 
 

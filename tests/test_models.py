@@ -5,8 +5,9 @@ from conftest import compose_config, run_cli
 from sft_knowledge.config import ModelError, validate
 from sft_knowledge.models import check_hub_access, hub_source
 
-REAL = {"llama2_7b": ("meta-llama/Llama-2-7b-hf", 1), "llama2_13b": ("meta-llama/Llama-2-13b-hf", 2),
-        "llama2_70b": ("meta-llama/Llama-2-70b-hf", 8), "llama3_8b": ("meta-llama/Meta-Llama-3-8B", 1),
+# GPUs per job: full SFT with fp32 master weights and AdamW state takes 16 bytes per parameter (7-13B: 4 x 80 GB).
+REAL = {"llama2_7b": ("meta-llama/Llama-2-7b-hf", 4), "llama2_13b": ("meta-llama/Llama-2-13b-hf", 4),
+        "llama2_70b": ("meta-llama/Llama-2-70b-hf", 8), "llama3_8b": ("meta-llama/Meta-Llama-3-8B", 4),
         "llama3_70b": ("meta-llama/Meta-Llama-3-70B", 8)}
 
 
@@ -30,7 +31,8 @@ def test_offline_hub_model_fails_in_one_line_saying_what_to_set(monkeypatch):
 
 
 def test_cli_with_an_unreachable_model_exits_with_one_line(tmp_path):
-    proc = run_cli("model=llama2_7b", output_dir=tmp_path, check=False)
+    # n_gpus=1: the 4 GPUs of its fp32-master FSDP default are checked first, and this machine has none.
+    proc = run_cli("model=llama2_7b", "model.n_gpus=1", output_dir=tmp_path, check=False)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model=llama2_7b: cannot read meta-llama/Llama-2-7b-hf")
     assert not list(tmp_path.glob("runs/*/results.json"))

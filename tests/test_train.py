@@ -5,6 +5,7 @@ import signal
 
 import pytest
 import torch
+from torch.distributed.checkpoint import FileSystemReader
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge.data.facts import Fact
@@ -47,19 +48,22 @@ def test_sft_lowers_the_loss_and_reports_every_step():
     assert log.lr[0] == 1e-2 and log.lr[-1] < 1e-4
 
 
-def _model(tok):
+def _model(tok, dtype=torch.float32):
     torch.manual_seed(0)
     return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id))
+                                        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id)).to(dtype)
 
 
 class Requeued(Exception):
     """Stands for submitit's handler of SIGUSR2, which checkpoints the job, requeues it and exits."""
 
 
-def test_sft_saves_on_signal_and_resumes_to_the_same_result(tmp_path):
+# bfloat16: under train.precision=fp32_master the checkpoint holds the fp32 masters and their AdamW state, so a
+# resumed run continues from exactly those, not from the bf16 weights it would save.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sft_saves_on_signal_and_resumes_to_the_same_result(tmp_path, dtype):
     tok, cfg = _tok(), TrainConfig(epochs=2, batch_size=8)  # 8 steps
-    reference_model = _model(tok)
+    reference_model = _model(tok, dtype)
     reference = sft(reference_model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, *a: {"seen": step})
 
     previous = signal.signal(signal.SIGUSR2, lambda *a: (_ for _ in ()).throw(Requeued()))
@@ -70,18 +74,20 @@ def test_sft_saves_on_signal_and_resumes_to_the_same_result(tmp_path):
             return {"seen": step}
 
         with pytest.raises(Requeued):
-            sft(_model(tok), tok, FACTS, cfg, lr=1e-2, seed=0, on_step=preempt_at_step_3, checkpoint_dir=tmp_path,
+            sft(_model(tok, dtype), tok, FACTS, cfg, lr=1e-2, seed=0, on_step=preempt_at_step_3, checkpoint_dir=tmp_path,
                 checkpoint=CheckpointConfig(every=0))
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert torch.load(latest_checkpoint(tmp_path) / "state.pt")["step"] == 3
+    saved = FileSystemReader(latest_checkpoint(tmp_path)).read_metadata().state_dict_metadata
+    assert {m.properties.dtype for k, m in saved.items() if k.startswith("model.") or "exp_avg" in k} == {torch.float32}
 
-    model = _model(tok)  # the requeued job starts again from the base model
+    model = _model(tok, dtype)  # the requeued job starts again from the base model
     resumed = sft(model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, *a: {"seen": step}, checkpoint_dir=tmp_path)
     assert resumed.resumed_at == [3] and reference.resumed_at == []
     assert resumed.loss == reference.loss and resumed.lr == reference.lr and resumed.events == reference.events
     for (name, a), b in zip(reference_model.state_dict().items(), model.state_dict().values()):
-        assert torch.equal(a, b), name
+        assert a.dtype == dtype and torch.equal(a, b), name
 
 
 def test_sft_checkpoints_periodically(tmp_path):
