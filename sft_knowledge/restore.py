@@ -236,6 +236,8 @@ def select_thresholds(
     if bad := [ratio for ratio in ratios if not 0 <= ratio <= 100]:
         raise ValueError(f"restore ratio {bad[0]} is outside [0, 100] (it is a percentage)")
     ratios = list(dict.fromkeys(ratios))
+    if not ratios:
+        return {}
     group_of = {n: g for g, members in groups.items() for n in members}
     size = {g: sum(base[n].numel() for n in members) for g, members in groups.items()}
     ks = {ratio: {g: round(ratio / 100 * size[g]) for g in groups} for ratio in ratios}
