@@ -201,14 +201,15 @@ def _pass2(name: str, base: Tensor, ft: Tensor, bins: list[int], strategy: str, 
         key = _ordered_key(score)
         hi = _high(key)
         count += torch.bincount(hi, minlength=NBINS)
-        s = slot[hi]
-        inside = s >= 0
-        code = s[inside].long() * NBINS + (key[inside] & (NBINS - 1))  # bracket index and low bits together
+        s = slot.index_select(0, hi)
+        at = (s >= 0).nonzero().squeeze(1)  # the few members of a bracket: everything below is proportional to them
+        code = s.index_select(0, at).long() * NBINS + (key.index_select(0, at) & (NBINS - 1))  # bracket, low bits
+        change = r.index_select(0, at)
         low_count.index_add_(0, code, torch.ones_like(code))
-        low_change.index_add_(0, code, r[inside].double())
+        low_change.index_add_(0, code, change.double())
         if strategy == "random":
             codes.append(code)
-            changes.append(r[inside])
+            changes.append(change)
     higher = count.flip(0).cumsum(0).flip(0).tolist() + [0]  # higher[d]: scalars in bins >= d
     low = {}
     for j, b in enumerate(bins):
@@ -316,7 +317,8 @@ def _restore_tensor(name: str, base: Tensor, ft: Tensor, sel: Selection, strateg
         out.copy_(base if taken else ft)
         return
     threshold, ties = sel.thresholds.get(name, sel.threshold), sel.ties_taken.get(name, 0)
-    b, f, o = base.reshape(-1), ft.reshape(-1), out.view(-1)
+    b, f, o = base.reshape(-1).to(ft.dtype), ft.reshape(-1), out.view(-1)
+    direct = o.device == f.device and o.dtype == f.dtype  # else each chunk is copied across (weight_copies=cpu)
     equal_seen = 0
     for s, score, _ in _scores(name, base, ft, strategy, seed):
         mask = score > threshold
@@ -326,7 +328,10 @@ def _restore_tensor(name: str, base: Tensor, ft: Tensor, sel: Selection, strateg
             mask |= eq & (order <= ties - equal_seen)
             equal_seen += int(order[-1])
         e = s + len(score)
-        o[s:e].copy_(torch.where(mask, b[s:e].to(f.dtype), f[s:e]))
+        if direct:
+            torch.where(mask, b[s:e], f[s:e], out=o[s:e])
+        else:
+            o[s:e].copy_(torch.where(mask, b[s:e], f[s:e]))
 
 
 def restored_state(
