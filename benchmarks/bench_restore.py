@@ -13,7 +13,7 @@ all ratios (streaming, 2 passes), then per ratio restore_into the model and save
 
 Each method runs in child processes; the times are their wall times including interpreter start and imports (the
 baseline pays those once per ratio, as ParamRestore run per ratio does), medians of --repeats. Peak RSS is each
-child's own maximum resident set (getrusage in the child). Writes benchmarks/results/restore.json and prints a
+child's own peak resident set (VmHWM; also the one after its imports). Writes benchmarks/results/restore.json and prints a
 markdown table (`--small` writes restore_small.json).
 """
 from __future__ import annotations
@@ -125,15 +125,25 @@ def ours(work: Path, ratios: list[float], out: Path) -> dict:
             "passes": selections[ratios[0]].passes}
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident set. VmHWM, not getrusage: ru_maxrss is inherited across fork and exec on Linux,
+    so a child would report the parent's peak (here: the workload generator's) whenever that is higher."""
+    try:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def child(args: argparse.Namespace) -> None:
     import torch  # noqa: F401  (imported first so that start_rss_gib is what the libraries cost before any weights)
     from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: F401
 
-    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    rss_start = peak_rss_gib()
     out = Path(args.out)
     result = baseline(Path(args.work), args.ratios[0], out) if args.child == "baseline" else ours(Path(args.work), args.ratios, out)
     shutil.rmtree(out, ignore_errors=True)
-    result |= {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "start_rss_gib": rss_start / 2**20}
+    result |= {"peak_rss_gib": peak_rss_gib(), "start_rss_gib": rss_start}
     print("RESULT " + json.dumps(result), flush=True)
 
 

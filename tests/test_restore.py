@@ -243,11 +243,18 @@ def test_tied_embeddings_counted_and_restored_once(copies):
     assert all(torch.equal(ft[n], ft_values[n]) for n in ft)  # restoring wrote into the model, never into ft
 
 
-def test_untied_embeddings_are_counted_separately():
+def test_untied_embeddings_are_counted_separately_and_any_shared_storage_once():
     base, ft = base_and_ft()  # tiny_llama does not tie: lm_head and embed_tokens differ
     sel = select_thresholds(base, ft, [10], "embedding")[10]
     assert set(sel.per_tensor) == {"model.embed_tokens.weight", "lm_head.weight"}
     assert sel.n_total == 2 * base["lm_head.weight"].numel()
+    alias, source = "model.layers.1.mlp.shared_proj.weight", "model.layers.0.mlp.up_proj.weight"
+    tied_base, tied_ft = {**base, alias: base[source]}, {**ft, alias: ft[source]}
+    tied = select_thresholds(tied_base, tied_ft, [10, 50])
+    assert alias not in tied[10].per_tensor and tied[10].n_total == select_thresholds(base, ft, [10])[10].n_total
+    assert all(tied[r].per_tensor == s.per_tensor for r, s in select_thresholds(base, ft, [10, 50]).items())
+    restored = dict(restored_state(tied_base, tied_ft, tied[50], "transformer", "top", 0))
+    assert restored[alias] is restored[source]
 
 
 def test_bf16_weights():
