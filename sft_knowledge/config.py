@@ -22,7 +22,7 @@ from .data.synthetic import SyntheticWorldConfig
 from .evaluate import EvalConfig
 from .pretrain import PretrainConfig
 from .probe import BACKENDS, ESTIMATORS, ProbeConfig
-from .restore import REGIONS, STRATEGIES
+from .restore import REGIONS, SCOPES, STRATEGIES
 from .train import METHODS, PRECISIONS, CheckpointConfig, TrainConfig
 from .train import STRATEGIES as TRAIN_STRATEGIES
 
@@ -98,6 +98,7 @@ class RestoreConfig:
     region: str = "transformer"  # transformer | attention | mlp | embedding | all
     layer_block_size: int = 0  # >0: also restore whole blocks of this many layers (paper Table 11)
     seed: int = 32  # random strategy's seed (ParamRestore's default)
+    scope: str = "global"  # global (the paper's: k% of the whole region) | per_tensor | per_layer (k% of each)
 
 
 @dataclass
@@ -213,6 +214,7 @@ def validate(cfg: Config) -> None:
         _check(0 <= r <= 100, "restore.ratios", r, "percentages in [0, 100]")
     _check(cfg.restore.strategy in STRATEGIES, "restore.strategy", cfg.restore.strategy, ", ".join(STRATEGIES))
     _check(cfg.restore.region in REGIONS, "restore.region", cfg.restore.region, ", ".join(REGIONS))
+    _check(cfg.restore.scope in SCOPES, "restore.scope", cfg.restore.scope, ", ".join(SCOPES))
     _check(cfg.restore.layer_block_size >= 0, "restore.layer_block_size", cfg.restore.layer_block_size, "an integer >= 0")
     _check(cfg.kl.level in range(5), "kl.level", cfg.kl.level, "0..4")
     _check(cfg.kl.base_prompt in ("mapping", "qa"), "kl.base_prompt", cfg.kl.base_prompt, "mapping, qa")

@@ -271,12 +271,12 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
 
     restore_records, block_records = [], []
     with timer("restore"):
-        region, strategy, seed = cfg.restore.region, cfg.restore.strategy, cfg.restore.seed
+        region, strategy, seed, scope = cfg.restore.region, cfg.restore.strategy, cfg.restore.seed, cfg.restore.scope
         ratios = sorted(set(cfg.restore.ratios))
-        # Table 3's update shares come from the top strategy; with it, one streaming call serves both.
-        extra = list(UPDATE_SHARE_RATIOS) if strategy == "top" else []
-        selections = select_thresholds(base_state, ft_state, sorted(set(ratios + extra)), region, strategy, seed)
-        top = selections if strategy == "top" else select_thresholds(base_state, ft_state, list(UPDATE_SHARE_RATIOS), region, "top", seed)
+        # Table 3's update shares come from the global top strategy; with it, one streaming call serves both.
+        extra = list(UPDATE_SHARE_RATIOS) if strategy == "top" and scope == "global" else []
+        selections = select_thresholds(base_state, ft_state, sorted(set(ratios + extra)), region, strategy, seed, scope=scope)
+        top = selections if extra else select_thresholds(base_state, ft_state, list(UPDATE_SHARE_RATIOS), region, "top", seed)
         update_share = {str(r): round(100 * top[r].change_share, 2) for r in UPDATE_SHARE_RATIOS}
         tracker.define_axis("restore/*", "restore/ratio")  # W&B charts restoration against the ratio, not the step
         for ratio in tqdm(ratios, desc="restoration", disable=len(ratios) < 3):
@@ -287,7 +287,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> dict[str, Any
                 restore_into(model, base_state, ft_state, sel, region, strategy, seed)
                 restored, restored_train = evaluate_all(), train_accuracy()
             restore_records.append({
-                "ratio": ratio, "strategy": strategy, "region": region, "n_restored": sel.k, "n_region": sel.n_total,
+                "ratio": ratio, "strategy": strategy, "region": region, "scope": scope, "n_restored": sel.k, "n_region": sel.n_total,
                 "change_share": round(100 * sel.change_share, 2), "per_tensor": sel.per_tensor,
                 **_acc_fields(restored), "acc_train": restored_train,
             })

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from conftest import compose_config
 from sft_knowledge.config import ConfigError, validate
 from sft_knowledge.data.facts import Fact
-from sft_knowledge.decoding import encode_prompts, encode_targets, qa_prompt
+from sft_knowledge.decoding import encode_examples, qa_prompt
 from sft_knowledge.fsdp import sft_fsdp
 from sft_knowledge.pretrain import train_tokenizer
 from sft_knowledge.restore import in_region, select_thresholds
@@ -104,7 +104,7 @@ def test_pure_is_adamw_on_the_bf16_weights(tok, runs):
     """`pure` is SFT as it was before train.precision: the same loop written out, stepping the bf16 weights."""
     model = _model(tok)
     torch.manual_seed(0)
-    examples = list(zip(encode_prompts(tok, [qa_prompt(f.question) for f in FACTS]), encode_targets(tok, [f.object for f in FACTS])))
+    examples = encode_examples(tok, [qa_prompt(f.question) for f in FACTS], [f.object for f in FACTS])
     rng, order = random.Random(0), []
     for _ in range(CFG["epochs"]):
         epoch = list(range(len(examples)))

@@ -1,0 +1,224 @@
+"""Restoration benchmark (issue 15, target 1): this project's selection against ParamRestore's method, same run.
+
+    python benchmarks/bench_restore.py [--small] [--repeats 3] [--ratios 1 3 5 10 20 40 60]
+
+Workload (generated, seeded): a bf16 LLaMA pair, 16 layers, hidden 1024, FFN 2816, vocab 32000 (271M parameters;
+`--small`: 4 layers, hidden 256, FFN 704, about 20M), the base plus a heavy-tailed update (Gaussian noise with a
+log-normal scale, relative to each scalar's magnitude), both saved with save_pretrained. Region: transformer.
+
+Baseline (ParamRestore's straightforward method, one process per ratio): load both models, the bf16 relative change
+of the whole region flattened into one tensor, torch.topk, a global boolean mask, restore, save_pretrained.
+Ours (one process for all ratios): load both, keep a fine-tuned copy (as the pipeline does), select_thresholds for
+all ratios (streaming, 2 passes), then per ratio restore_into the model and save_pretrained.
+
+Each method runs in child processes; the times are their wall times including interpreter start and imports (the
+baseline pays those once per ratio, as ParamRestore run per ratio does), medians of --repeats. Peak RSS is each
+child's own peak resident set (VmHWM; also the one after its imports). Writes benchmarks/results/restore.json and prints a
+markdown table (`--small` writes restore_small.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's sft_knowledge, also in the children, whatever is installed
+RESULTS = ROOT / "benchmarks" / "results"
+SHAPES = {
+    "full": dict(num_hidden_layers=16, hidden_size=1024, intermediate_size=2816, vocab_size=32000, num_attention_heads=16),
+    "small": dict(num_hidden_layers=4, hidden_size=256, intermediate_size=704, vocab_size=32000, num_attention_heads=4),
+}
+REGION, STRATEGY, SEED = "transformer", "top", 32
+
+
+def make_pair(work: Path, shape: dict, seed: int) -> int:
+    """Save a seeded base model and its heavy-tailed update under work/base and work/ft; returns the parameter count."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**shape, num_key_value_heads=shape["num_attention_heads"], tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(work / "base")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=g) * torch.exp(1.5 * torch.randn(p.shape, generator=g))
+            p.add_((p.float().abs() + 1e-3) * 0.01 * noise)  # bf16 rounds the smallest updates away: exact ties at 0
+    model.save_pretrained(work / "ft")
+    return sum(p.numel() for p in model.parameters())
+
+
+def _in_region(name: str) -> bool:  # ParamRestore's "transformer" region
+    return "layers" in name and "norm" not in name
+
+
+def baseline(work: Path, ratio: float, out: Path) -> dict:
+    """ParamRestore's method for one ratio, as its param_restore.run does it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    t0 = time.perf_counter()
+    old = AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16)
+    new = AutoModelForCausalLM.from_pretrained(work / "ft", dtype=torch.bfloat16)
+    t_load = time.perf_counter()
+    with torch.no_grad():
+        old_p, new_p = dict(old.named_parameters()), dict(new.named_parameters())
+        names = [n for n in new_p if _in_region(n)]
+        total = sum(new_p[n].numel() for n in names)
+        flat, offset = torch.empty(total, dtype=torch.bfloat16), 0
+        for n in names:  # relative change in the weights' own dtype, like ParamRestore
+            d = (new_p[n] - old_p[n]).abs().div(old_p[n].abs().add(1e-8))
+            flat[offset:offset + d.numel()] = d.view(-1)
+            offset += d.numel()
+        k = int(total * ratio / 100)
+        _, idx = torch.topk(flat, k)
+        mask = torch.zeros(total, dtype=torch.bool)
+        mask[idx] = True
+        t_select = time.perf_counter()
+        offset = 0
+        for n in names:
+            m = mask[offset:offset + new_p[n].numel()].view(new_p[n].shape)
+            new_p[n].data[m] = old_p[n].data[m]
+            offset += m.numel()
+    t_restore = time.perf_counter()
+    new.save_pretrained(out)
+    t_save = time.perf_counter()
+    return {"load_s": t_load - t0, "select_s": t_select - t_load, "restore_s": t_restore - t_select,
+            "save_s": t_save - t_restore, "passes": None}
+
+
+def ours(work: Path, ratios: list[float], out: Path) -> dict:
+    """This project's method for all ratios in one process, as pipeline.py runs it (copies in node memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sft_knowledge.restore import restore_into, select_thresholds
+
+    t0 = time.perf_counter()
+    base_state = {n: t.detach() for n, t in AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16).state_dict().items()}
+    model = AutoModelForCausalLM.from_pretrained(work / "ft", dtype=torch.bfloat16)
+    ft_state = {n: t.detach().clone() for n, t in model.state_dict().items()}  # pipeline.weight_copy(model, "cpu")
+    t_load = time.perf_counter()
+    selections = select_thresholds(base_state, ft_state, ratios, REGION, STRATEGY, SEED)
+    t_select = time.perf_counter()
+    restore_s = save_s = 0.0
+    for ratio in ratios:
+        t = time.perf_counter()
+        restore_into(model, base_state, ft_state, selections[ratio], REGION, STRATEGY, SEED)
+        restore_s += time.perf_counter() - t
+        t = time.perf_counter()
+        model.save_pretrained(out / str(ratio))
+        save_s += time.perf_counter() - t
+        shutil.rmtree(out / str(ratio))  # disk: 7 restored copies of the full model would not fit everywhere
+    return {"load_s": t_load - t0, "select_s": t_select - t_load, "restore_s": restore_s, "save_s": save_s,
+            "passes": selections[ratios[0]].passes}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set. VmHWM, not getrusage: ru_maxrss is inherited across fork and exec on Linux,
+    so a child would report the parent's peak (here: the workload generator's) whenever that is higher."""
+    try:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch  # noqa: F401  (imported first so that start_rss_gib is what the libraries cost before any weights)
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: F401
+
+    rss_start = peak_rss_gib()
+    out = Path(args.out)
+    result = baseline(Path(args.work), args.ratios[0], out) if args.child == "baseline" else ours(Path(args.work), args.ratios, out)
+    shutil.rmtree(out, ignore_errors=True)
+    result |= {"peak_rss_gib": peak_rss_gib(), "start_rss_gib": rss_start}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(kind: str, work: Path, ratios: list[float]) -> dict:
+    out = Path(tempfile.mkdtemp(dir=work, prefix=f"{kind}-"))
+    cmd = [sys.executable, __file__, "--child", kind, "--work", str(work), "--out", str(out), "--ratios", *map(str, ratios)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        sys.exit(f"error: the {kind} child failed:\n{proc.stderr[-3000:]}")
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):]) | {"wall_s": wall}
+
+
+def measure(work: Path, ratios: list[float]) -> dict:
+    """One repeat of each method: the baseline once per ratio (summed), ours once for all ratios."""
+    per_ratio = [run_child("baseline", work, [r]) for r in ratios]
+    base = {key: sum(p[key] for p in per_ratio) for key in ("wall_s", "load_s", "select_s", "restore_s", "save_s")}
+    base["peak_rss_gib"] = max(p["peak_rss_gib"] for p in per_ratio)
+    base["start_rss_gib"] = max(p["start_rss_gib"] for p in per_ratio)
+    base["passes"] = None
+    return {"baseline": base, "ours": run_child("ours", work, ratios)}
+
+
+def table(summary: dict) -> str:
+    rows = ["| method | wall s (median) | load s | select s | restore s | save s | selection passes | peak RSS GiB | "
+            "RSS / two models | (RSS - imports) / two models |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, label in (("baseline", "ParamRestore (one process per ratio)"), ("ours", "sft_knowledge (one process)")):
+        m = summary[name]
+        rows.append(f"| {label} | {m['wall_s']:.1f} | {m['load_s']:.1f} | {m['select_s']:.1f} | {m['restore_s']:.1f} | "
+                    f"{m['save_s']:.1f} | {m['passes'] if m['passes'] is not None else '-'} | {m['peak_rss_gib']:.2f} | "
+                    f"{m['peak_rss_gib'] / summary['two_models_gib']:.2f} | "
+                f"{(m['peak_rss_gib'] - m['start_rss_gib']) / summary['two_models_gib']:.2f} |")
+    rows.append(f"\nTotal time ours / baseline: **{summary['time_ratio']:.3f}** (target <= 0.2); "
+                f"{summary['n_params'] / 1e6:.0f}M parameters, ratios {summary['ratios']}, {summary['repeats']} repeat(s).")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="a ~20M-parameter pair (about a minute)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[1, 3, 5, 10, 20, 40, 60])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", choices=["baseline", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    if args.repeats < 1:
+        sys.exit(f"error: --repeats={args.repeats} must be at least 1")
+    if bad := [r for r in args.ratios if not 0 < r <= 100]:
+        sys.exit(f"error: --ratios={bad[0]} must be a percentage in (0, 100]")
+    workload = "small" if args.small else "full"
+    with tempfile.TemporaryDirectory(prefix="bench_restore-") as tmp:
+        work = Path(tmp)
+        n_params = make_pair(work, SHAPES[workload], args.seed)
+        repeats = [measure(work, args.ratios) for _ in range(args.repeats)]
+    summary = {"workload": workload, "shape": SHAPES[workload], "n_params": n_params, "ratios": args.ratios,
+               "repeats": args.repeats, "region": REGION, "two_models_gib": 2 * 2 * n_params / 2**30,
+               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+               "date": time.strftime("%Y-%m-%d"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    for name in ("baseline", "ours"):
+        summary[name] = {key: (statistics.median(r[name][key] for r in repeats) if repeats[0][name][key] is not None else None)
+                         for key in repeats[0][name]}
+    summary["time_ratio"] = summary["ours"]["wall_s"] / summary["baseline"]["wall_s"]
+    summary["all_repeats"] = repeats
+    path = RESULTS / ("restore_small.json" if args.small else "restore.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    print(table(summary))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
