@@ -310,7 +310,7 @@ def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbe
     t1 = _csv(out / "table1_level_counts.csv")
     assert {(r["split"], r["level"]): (float(r["mean"]), r["n"]) for r in t1} == {
         (split, level): (float(sum(counts) if level == "total" else counts[int(level[2])]), "3")
-        for split, counts in held.items() for level in [*(f"D-{lv}" for lv in range(5)), "total"]}  # one probe for all cells
+        for split, counts in smoke_level_counts.items() for level in [*(f"D-{lv}" for lv in range(5)), "total"]}  # one probe for all cells
     t6 = check("table6_train_acc.csv", lambda r, row: next(x["acc_train"] for x in r["restore"] if x["ratio"] == float(row["ratio"])))
     assert len(t6) == sum("acc_train" in x for r in results.values() for x in r["restore"])  # absent before it was recorded
     for table, by in (("table9_restored_by_layer.csv", "layer"), ("table10_restored_by_module.csv", "module")):
