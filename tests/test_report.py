@@ -147,6 +147,10 @@ def test_table4_gain_is_the_value_minus_the_unrestored_one_per_run(tmp_path):
     assert float(d2["gain"]) == pytest.approx(2.0) and float(d2["paper_gain"]) == pytest.approx(62.21 - 58.80)
     assert float(rows[("d0", "1920", "testood", "5")]["paper_gain"]) == pytest.approx(52.54 - 49.40)
     assert rows[("all", "240", "test", "20")]["paper"] == ""  # Table 4 has no mixed-data column
+    per_tensor = _config("d2", 1920, **EQ)
+    per_tensor["restore"]["scope"] = "per_tensor"  # k% of every matrix: not the paper's global selection
+    other = write_report(make_sweep(tmp_path, [_results(per_tensor, 60.0)], name="per_tensor"))
+    assert {r["paper"] for r in _csv(other / "table4_restoration.csv")} == {""}
 
 
 def test_table6_is_the_records_training_accuracy_beside_the_papers(tmp_path):

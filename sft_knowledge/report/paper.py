@@ -40,9 +40,11 @@ class Paper:
         return self.model(cell.config) == "llama3_8b"
 
     def _top_restoration(self, cell: Cell) -> bool:
-        """Tables 3, 4, 6, 9 and 10: LLaMA-3-8B, top-k restoration of the transformer region."""
+        """Tables 3, 4, 6, 9 and 10: LLaMA-3-8B, top-k restoration of the transformer region, selected over the whole
+        region at once (`restore.scope` global; results from before the key are global)."""
         restore = cell.config["restore"]
-        return self._llama3_8b(cell) and restore["strategy"] == "top" and restore["region"] == "transformer"
+        return (self._llama3_8b(cell) and restore["strategy"] == "top" and restore["region"] == "transformer"
+                and restore.get("scope", "global") == "global")
 
     def table1(self, config: dict, split: str) -> list[int] | None:
         """Tables 1 and 8: the base model's level counts D-0..D-4 in one split."""
