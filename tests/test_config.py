@@ -100,3 +100,44 @@ def test_slurm_profile_takes_resources_from_the_model_preset():
 def test_a_model_picks_its_slurm_resources_and_the_command_line_overrides_them(model, gpus):
     assert _compose(f"model={model}").resources.gpus == gpus
     assert _compose(f"model={model}", "resources=gpu1").resources.gpus == 1
+
+
+def _sweep_axes(preset: str) -> dict[str, list[str]]:
+    """The grid a preset sweeps (hydra.sweeper.params), each axis as its list of values."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        params = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True).hydra.sweeper.params
+    return {k: str(v).split(",") for k, v in (params or {}).items()}
+
+
+REPEATS = ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("preset, axes", [
+    ("table2", {"mastery": ["d0", "d1", "d2", "d3", "d4"], "seed": REPEATS}),
+    ("figure2", {"data.size": ["60", "120", "240", "480", "960", "1920", "all"], "mastery": ["d0", "d1", "d2", "d3", "d4"], "seed": REPEATS}),
+    ("table4", {"data.size": ["240", "1920"], "mastery": ["d0", "d1", "d2", "d3", "d4"], "seed": REPEATS}),
+    ("table11", {"mastery": ["d0", "d1", "d2", "d3", "d4"]}),
+    ("paper", {"mastery": ["all", "d0", "d1", "d2", "d3", "d4"], "data.size": ["60", "120", "240", "480", "960", "1920", "all"], "seed": REPEATS}),
+    ("paper_lora", {"mastery": ["all"], "data.size": ["60", "120", "240", "480", "960", "1920", "all"], "seed": REPEATS}),
+])
+def test_paper_presets_sweep_the_papers_grid_and_every_point_composes(preset, axes):
+    assert _sweep_axes(preset) == axes
+    for key, values in axes.items():  # every value of every axis, the other axes at their first value
+        for value in values:
+            point = {k: v[0] for k, v in axes.items()} | {key: value}
+            cfg = _compose(f"experiment={preset}", *(f"{k}={v}" for k, v in point.items()))
+            validate(cfg)
+            if "seed" in axes:  # a repeat re-draws the SFT subset as well as the SFT order
+                assert cfg.data.seed == cfg.seed == int(point["seed"])
+
+
+def test_paper_preset_turns_on_every_measurement_and_its_lora_run_differs_only_in_method():
+    paper, lora = _compose("experiment=paper"), _compose("experiment=paper_lora")
+    assert paper.restore.ratios == [0, 1, 3, 5, 10, 20, 40, 60] and paper.restore.strategy == "top"
+    assert paper.restore.layer_block_size == 4 and paper.kl.curve_points == 10 and paper.train.method == "full"
+    assert lora.train.method == "lora" and lora.restore.ratios == [0] and lora.restore.layer_block_size == 0
+    table11 = _compose("experiment=table11", "mastery=d3")
+    assert (table11.restore.layer_block_size, table11.data.size, table11.mastery.bucket) == (4, 240, "d3")
+    assert _compose("experiment=figure2", "data.size=all").data.size == "all"

@@ -14,33 +14,51 @@ import yaml
 from conftest import ROOT, run_cli
 from sft_knowledge.config import digest
 from sft_knowledge.report import Paper, main, write_report
+from sft_knowledge.report.tables import restored_shares
 
-FIGURES = ("figure2_acc_vs_size.png", "figure4_acc_test4.png", "figure5_kl.png")
-TABLES = ("cells.csv", "figure2_acc_vs_size.csv", "table2_bucket_x_level.csv", "figure4_5_acc_test4_kl.csv",
-          "table4_restoration.csv", "table3_update_share.csv")
+FIGURES = ("figure2_acc_vs_size.png", "figure4_acc_test4.png", "figure5_kl.png", "figure_restoration.png")
+TABLES = ("cells.csv", "table1_level_counts.csv", "figure2_acc_vs_size.csv", "table2_bucket_x_level.csv", "figure4_5_acc_test4_kl.csv",
+          "table4_restoration.csv", "table6_train_acc.csv", "table3_update_share.csv", "table7_strategies.csv",
+          "table9_restored_by_layer.csv", "table10_restored_by_module.csv", "table11_layer_blocks.csv")
+EQ = dict(model="Meta-Llama-3-8B", data="entityquestions")
+LEVEL_COUNTS = {"train": [50, 40, 30, 20, 10], "test": [5, 4, 3, 2, 1], "testood": [6, 5, 4, 3, 2]}
 
 
-def _config(bucket: str, size, seed: int = 0, model: str = "tiny_world", data: str = "synthetic", strategy: str = "top") -> dict:
-    return {"model": {"name": model}, "data": {"name": data, "size": size, "seed": 0}, "mastery": {"bucket": bucket},
-            "train": {"method": "full"}, "restore": {"strategy": strategy, "region": "transformer", "ratios": [0, 20]},
+def _config(bucket: str, size, seed: int = 0, model: str = "tiny_world", data: str = "synthetic", strategy: str = "top",
+            method: str = "full") -> dict:
+    return {"model": {"name": model}, "data": {"name": data, "size": size, "seed": seed}, "mastery": {"bucket": bucket},
+            "train": {"method": method}, "restore": {"strategy": strategy, "region": "transformer", "ratios": [0, 5, 20]},
             "seed": seed}
 
 
-def _results(config: dict, acc: float) -> dict:
-    """A results.json with the fields the report reads; accuracies derived from `acc` so each cell differs."""
+def _per_tensor(ratio: float, acc: float) -> dict[str, int]:
+    """Restored scalars per tensor: layer 0 and 1, attention q and MLP down (k listed with none restored)."""
+    return {"model.layers.0.self_attn.q_proj.weight": ratio, "model.layers.0.mlp.down_proj.weight": 3 * ratio,
+            "model.layers.1.self_attn.q_proj.weight": 2 * ratio, "model.layers.1.self_attn.k_proj.weight": 0,
+            "model.layers.1.mlp.down_proj.weight": 4 * ratio + int(acc)}
+
+
+def _results(config: dict, acc: float, ratios=(0, 5, 20), acc_train: bool = True, blocks=((0, 3), (28, 31)),
+             level_counts: dict | None = None) -> dict:
+    """A results.json with the fields the report reads; accuracies derived from `acc` so each cell differs.
+
+    Restoring r% gives acc_test acc + r/10, acc_testood acc/2 + r/10, acc_train acc + 30 + r/4 (left out with
+    acc_train=False, like results from before it was recorded); block (a, b) gives acc_test acc - 10 + a/4."""
     levels = [acc + lv for lv in range(5)]
+    restore = [{"ratio": r, "strategy": config["restore"]["strategy"], "region": "transformer",
+                "acc_test": acc + r / 10, "acc_testood": acc / 2 + r / 10, "per_tensor": _per_tensor(r, acc) if r else {},
+                **({"acc_train": acc + 30 + r / 4} if acc_train else {})} for r in ratios]
     return {"run_key": f"{config['model']['name']}-{config['mastery']['bucket']}-{config['data']['size']}-{digest(config)}",
-            "config": config, "n_train_facts": config["data"]["size"], "acc_test": statistics.fmean(levels),
-            "acc_test_level": levels, "acc_testood": acc / 2, "acc_testood_level": [acc / 2] * 5, "kl_level": 4,
-            "kl": {"mean": acc / 10}, "kl_test4": acc / 10,
-            "restore": [{"ratio": r, "strategy": config["restore"]["strategy"], "region": "transformer",
-                         "acc_test": acc + r / 10, "acc_testood": acc / 2 + r / 10} for r in (0, 20)],
+            "config": config, "level_counts": level_counts or LEVEL_COUNTS, "n_train_facts": config["data"]["size"],
+            "acc_test": statistics.fmean(levels), "acc_test_level": levels, "acc_testood": acc / 2, "acc_testood_level": [acc / 2] * 5,
+            "kl_level": 4, "kl": {"mean": acc / 10}, "kl_test4": acc / 10, "restore": restore,
+            "restore_blocks": [{"layers": list(b), "acc_test": acc - 10 + b[0] / 4, "acc_testood": acc / 2 - 10} for b in blocks],
             "update_share": {"1": 70.0 + acc / 100, "20": 92.0}}
 
 
-def make_sweep(root: Path, jobs: list[dict | tuple[dict, str]]) -> Path:
+def make_sweep(root: Path, jobs: list[dict | tuple[dict, str]], name: str = "sweep") -> Path:
     """A sweep directory as `run -m` leaves it: a results dict is a finished job, (config, error) a failed one."""
-    sweep = root / "sweep"
+    sweep = root / name
     for num, job in enumerate(jobs):
         job_dir = sweep / str(num)
         (job_dir / ".hydra").mkdir(parents=True)
@@ -101,7 +119,134 @@ def test_paper_numbers_stand_beside_ours_only_where_the_setting_matches(tmp_path
     md = (out / "report.md").read_text()
     assert "| D-2 [restore.strategy=top] paper | 0.78 | 36.56 |" in md  # Table 2 rows: ours, the paper's, the difference
     assert "| D-2 [restore.strategy=top] ours − paper | +59.22 | +24.44 |" in md
-    assert "62.00 (paper 62.21, Δ -0.21)" in md  # Table 4 at 20%
+    assert "| 20 | 62.00, gain +2.00 (paper 62.21, gain +3.41; Δ -0.21) |" in md  # Table 4 at 20%: 58.80 -> 62.21 in the paper
+
+
+def _section(md: str, heading: str) -> str:
+    """The text of one `## ` section of report.md."""
+    [part] = [p for p in md.split("\n## ") if p.startswith(heading)]
+    return part
+
+
+def _llama_sweep(tmp_path: Path) -> Path:
+    """LLaMA-3-8B on EntityQuestions: mixed data at three sizes, D-0 and D-2 at 1,920 (two seeds of D-2), D-4 at 240."""
+    return make_sweep(tmp_path, [
+        _results(_config("all", 60, **EQ), 40.0), _results(_config("all", 240, **EQ), 55.0), _results(_config("all", 1920, **EQ), 50.0),
+        _results(_config("d0", 1920, **EQ), 30.0), _results(_config("d2", 1920, seed=0, **EQ), 58.0),
+        _results(_config("d2", 1920, seed=1, **EQ), 62.0), _results(_config("d4", 240, **EQ), 45.0)])
+
+
+def test_table4_gain_is_the_value_minus_the_unrestored_one_per_run(tmp_path):
+    out = write_report(_llama_sweep(tmp_path))
+    rows = {(r["bucket"], r["size"], r["split"], r["ratio"]): r for r in _csv(out / "table4_restoration.csv")}
+    for (bucket, size, split, ratio), r in rows.items():
+        base = rows[(bucket, size, split, "0")]
+        assert (r["gain"] == "") if ratio == "0" else float(r["gain"]) == pytest.approx(float(r["mean"]) - float(base["mean"])), r
+    d2 = rows[("d2", "1920", "test", "20")]
+    assert float(d2["mean"]) == 62.0 and float(d2["std"]) == pytest.approx(statistics.stdev([60.0, 64.0]))
+    assert float(d2["gain"]) == pytest.approx(2.0) and float(d2["paper_gain"]) == pytest.approx(62.21 - 58.80)
+    assert float(rows[("d0", "1920", "testood", "5")]["paper_gain"]) == pytest.approx(52.54 - 49.40)
+    assert rows[("all", "240", "test", "20")]["paper"] == ""  # Table 4 has no mixed-data column
+    per_tensor = _config("d2", 1920, **EQ)
+    per_tensor["restore"]["scope"] = "per_tensor"  # k% of every matrix: not the paper's global selection
+    other = write_report(make_sweep(tmp_path, [_results(per_tensor, 60.0)], name="per_tensor"))
+    assert {r["paper"] for r in _csv(other / "table4_restoration.csv")} == {""}
+
+
+def test_table6_is_the_records_training_accuracy_beside_the_papers(tmp_path):
+    out = write_report(_llama_sweep(tmp_path))
+    rows = {(r["bucket"], r["size"], r["ratio"]): r for r in _csv(out / "table6_train_acc.csv")}
+    assert len(rows) == 6 * 3  # every cell (D-2 holds two seeds) at 0, 5 and 20%
+    assert [float(rows[("d0", "1920", r)]["mean"]) for r in ("0", "5", "20")] == [60.0, 61.25, 65.0]  # acc + 30 + r/4
+    assert [float(rows[("d0", "1920", r)]["paper"]) for r in ("0", "5", "20")] == [16.56, 15.68, 15.16]
+    assert float(rows[("d4", "240", "20")]["paper"]) == 82.92 and float(rows[("d4", "240", "20")]["gain"]) == pytest.approx(5.0)
+    # Results from before restore[i].acc_train was recorded: the table says which command produces it.
+    old = write_report(make_sweep(tmp_path, [_results(_config("d0", 240), 10.0, acc_train=False)], name="old"))
+    assert _csv(old / "table6_train_acc.csv") == []
+    assert "python -m sft_knowledge.run experiment=table4" in _section((old / "report.md").read_text(), "Table 6")
+
+
+def test_table7_picks_the_best_size_bucket_and_ratio_and_names_what_is_missing(tmp_path):
+    out = write_report(_llama_sweep(tmp_path))
+    rows = {(r["strategy"], r["split"]): r for r in _csv(out / "table7_strategies.csv")}
+    mixed = rows[("SFT, mixed data (bucket all), best size", "test")]
+    assert (mixed["size"], float(mixed["mean"]), float(mixed["paper"])) == ("240", 57.0, 58.67)  # 42, 57, 52 at 60/240/1,920
+    divided = rows[("SFT, one bucket at 1,920, best bucket", "testood")]
+    assert (divided["bucket"], float(divided["mean"]), float(divided["paper"])) == ("d2", 30.0, 54.04)
+    assert rows[("SFT, D-0 at 1,920", "test")]["mean"] == "32.0" and rows[("SFT, D-0 at 1,920", "test")]["paper"] == ""
+    restored = rows[("Parameter restoration (top-k), best cell and ratio", "test")]
+    assert restored["setting"] == "D-2, 1920 facts, 20% restored" and float(restored["mean"]) == 62.0
+    assert float(restored["diff"]) == pytest.approx(62.0 - 62.21)
+    table = _section((out / "report.md").read_text(), "Table 7")
+    assert "| LoRA, mixed data, best size | not in this sweep: `python -m sft_knowledge.run experiment=paper_lora` |" in table
+    assert "| LLaMA-3-8B-Instruct (the paper's reference) | not run here | paper 53.83 | paper 54.14 |" in table
+    assert not any(k[0].startswith("LoRA") for k in rows)
+
+    # The LoRA sweep (experiment=paper_lora) reported together with the first: its cells fill the LoRA row.
+    lora = make_sweep(tmp_path, [_results(_config("all", 240, method="lora", **EQ), 45.0), (_config("all", 60, method="lora", **EQ), "OOM")], name="lora")
+    both = write_report([tmp_path / "sweep", lora])
+    assert both == tmp_path / "sweep" / "report"
+    rows = {(r["strategy"], r["split"]): r for r in _csv(both / "table7_strategies.csv")}
+    assert float(rows[("LoRA, mixed data, best size", "test")]["mean"]) == 47.0
+    assert float(rows[("LoRA, mixed data, best size", "test")]["paper"]) == 57.82
+    assert float(rows[("SFT, mixed data (bucket all), best size", "test")]["mean"]) == 57.0  # the full fine-tunes still
+    md = (both / "report.md").read_text()
+    assert "| lora/1 | failed |" in md and "failed (job lora/1)" in md  # jobs named by sweep where there are several
+
+
+def test_tables_9_and_10_shares_sum_to_100_and_match_the_counts(tmp_path):
+    out = write_report(_llama_sweep(tmp_path))
+    # d4 at 240 (acc 45), 20% restored: q0 20, down0 60, q1 40, k1 0, down1 80 + 45 = 125; 245 in all.
+    for table, expected in [("table9_restored_by_layer.csv", {"0": 80 / 245, "1": 165 / 245}),
+                            ("table10_restored_by_module.csv", {"attn.q": 60 / 245, "attn.k": 0.0, "mlp.down": 185 / 245})]:
+        rows = _csv(out / table)
+        by = "layer" if "layer" in table else "module"
+        d4 = {r[by]: float(r["mean"]) for r in rows if (r["bucket"], r["size"], r["ratio"]) == ("d4", "240", "20")}
+        assert d4 == pytest.approx({k: 100 * v for k, v in expected.items()})
+        for cell in {(r["bucket"], r["size"], r["ratio"]) for r in rows}:
+            assert sum(float(r["mean"]) for r in rows if (r["bucket"], r["size"], r["ratio"]) == cell) == pytest.approx(100)
+        assert {r["ratio"] for r in rows} == {"5", "20"}
+    t10 = {r["module"]: r for r in _csv(out / "table10_restored_by_module.csv") if (r["bucket"], r["ratio"]) == ("d4", "20")}
+    assert float(t10["mlp.down"]["paper"]) == 28.91 and float(t10["attn.k"]["paper"]) == 1.09
+    t9 = {r["layer"]: r["paper"] for r in _csv(out / "table9_restored_by_layer.csv") if (r["bucket"], r["ratio"]) == ("d4", "20")}
+    assert t9 == {"0": "3.77", "1": ""}  # the paper keeps layers 0 and 31 only
+    md = (out / "report.md").read_text()
+    assert "Shown: 20% restored" in _section(md, "Table 9") and "share of the 5% restored" not in md
+
+
+def test_table11_blocks_with_their_gain_and_the_papers_numbers(tmp_path):
+    out = write_report(_llama_sweep(tmp_path))
+    rows = {(r["bucket"], r["size"], r["split"], r["layers"]): r for r in _csv(out / "table11_layer_blocks.csv")}
+    first, last = rows[("d4", "240", "test", "0-3")], rows[("d4", "240", "test", "28-31")]
+    assert float(first["mean"]) == 35.0 and float(first["gain"]) == pytest.approx(35.0 - 47.0)  # acc - 10 + a/4; macro acc + 2
+    assert float(last["mean"]) == 42.0 and float(first["paper"]) == 4.00 and float(last["paper"]) == 47.32
+    assert first["paper_gain"] == ""  # the paper's Table 11 has no row without restoration to measure a gain from
+    assert rows[("d4", "240", "test", "none")]["mean"] == "47.0" and rows[("d4", "240", "testood", "0-3")]["paper"] == ""
+    assert rows[("d2", "1920", "test", "0-3")]["paper"] == ""  # the paper's Table 11 is at 240 facts
+
+
+def test_table1_level_counts_beside_the_papers_and_missing_tables_name_their_command(tmp_path):
+    counts = {"train": [18000, 30000, 11000, 9000, 7000], "test": [2000, 4000, 1500, 1000, 1000], "testood": [1] * 5}
+    out = write_report(make_sweep(tmp_path, [_results(_config("d1", 240, **EQ), 50.0, ratios=(0,), blocks=(), level_counts=counts),
+                                             _results(_config("d1", 60), 40.0, ratios=(0,), blocks=())]))
+    rows = {(r["model"], r["data"], r["split"], r["level"]): r for r in _csv(out / "table1_level_counts.csv")}
+    train = rows[("Meta-Llama-3-8B", "entityquestions", "train", "D-0")]
+    assert (float(train["mean"]), int(train["paper"]), float(train["diff"])) == (18000.0, 18456, -456.0)
+    total = rows[("Meta-Llama-3-8B", "entityquestions", "train", "total")]
+    assert (float(total["mean"]), int(total["paper"])) == (75000.0, 75944)
+    assert int(rows[("Meta-Llama-3-8B", "entityquestions", "testood", "D-4")]["paper"]) == 556  # the paper's test_ood
+    assert rows[("tiny_world", "synthetic", "train", "D-0")]["mean"] == "50.0" and rows[("tiny_world", "synthetic", "train", "D-0")]["paper"] == ""
+    md = (out / "report.md").read_text()
+    assert "| Meta-Llama-3-8B on entityquestions | train | 18000 | 30000 | 11000 | 9000 | 7000 | 75000 | 1 |" in md
+    assert "| paper | train | 18456 | 29571 | 11558 | 8923 | 7436 | 75944 |  |" in md
+    assert "| ours − paper | train | -456 | +429 | -558 | +77 | -436 | -944 |  |" in md
+    for heading, command in [("Table 2", "experiment=table2"), ("Table 4", "experiment=table4"), ("Table 6", "experiment=table4"),
+                             ("Table 9", "experiment=table4"), ("Table 10", "experiment=table4"), ("Table 11", "experiment=table11")]:
+        assert f"`python -m sft_knowledge.run {command}` produces it" in _section(md, heading), heading
+    assert {r["ratio"] for r in _csv(out / "table6_train_acc.csv")} == {"0"}
+    for table in ("table9_restored_by_layer.csv", "table10_restored_by_module.csv", "table11_layer_blocks.csv"):
+        assert _csv(out / table) == []
+    assert (out / "figure_restoration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _report_cli(*args: str) -> subprocess.CompletedProcess:
@@ -131,7 +276,7 @@ def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbe
     big = held[0] + 1
     assert 20 <= held[0] and big <= held[4], f"the smoke world's train levels no longer fit this test: {held}"
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "mastery=d0,d4", f"data.size=20,{big}", "restore.ratios=[0,10]", "eval.max_per_level=20",
+    proc = run_cli("-m", "mastery=d0,d4", f"data.size=20,{big}", "restore.ratios=[0,10]", "restore.layer_block_size=2", "eval.max_per_level=20",
                    f"hydra.sweep.dir={sweep}", output_dir=tmp_path, cache_dir=smoke_cache, check=False)
     assert proc.returncode != 0
     results = {(r["config"]["mastery"]["bucket"], r["config"]["data"]["size"]): r
@@ -165,6 +310,26 @@ def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbe
               "Acc D_test-4": lambda r: r["acc_test_level"][4], "KL on D_test-4": lambda r: r["kl_test4"]}
     assert len(check("figure2_acc_vs_size.csv", lambda r, row: metric[row["metric"]](r))) == 3 * 2
     assert len(check("figure4_5_acc_test4_kl.csv", lambda r, row: metric[row["metric"]](r))) == 3 * 2
+
+    t1 = _csv(out / "table1_level_counts.csv")
+    assert {(r["split"], r["level"]): (float(r["mean"]), r["n"]) for r in t1} == {
+        (split, level): (float(sum(counts) if level == "total" else counts[int(level[2])]), "3")
+        for split, counts in smoke_level_counts.items() for level in [*(f"D-{lv}" for lv in range(5)), "total"]}  # one probe for all cells
+    t6 = check("table6_train_acc.csv", lambda r, row: next(x["acc_train"] for x in r["restore"] if x["ratio"] == float(row["ratio"])))
+    assert len(t6) == sum("acc_train" in x for r in results.values() for x in r["restore"])  # absent before it was recorded
+    for table, by in (("table9_restored_by_layer.csv", "layer"), ("table10_restored_by_module.csv", "module")):
+        rows = check(table, lambda r, row, by=by: restored_shares(next(x for x in r["restore"] if x["ratio"] == 10)["per_tensor"], by)[row[by]])
+        assert {r[by] for r in rows} == ({"0", "1", "2", "3"} if by == "layer" else
+                                          {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"})
+        for cell in {(r["bucket"], r["size"]) for r in rows}:
+            assert sum(float(r["mean"]) for r in rows if (r["bucket"], r["size"]) == cell) == pytest.approx(100)
+    t11 = check("table11_layer_blocks.csv", lambda r, row: r[f"acc_{row['split']}"] if row["layers"] == "none" else next(
+        x[f"acc_{row['split']}"] for x in r["restore_blocks"] if f"{x['layers'][0]}-{x['layers'][1]}" == row["layers"]))
+    assert {r["layers"] for r in t11} == {"none", "0-1", "2-3"} and len(t11) == 3 * 2 * 3
+    t7 = {(r["strategy"], r["split"]): r for r in _csv(out / "table7_strategies.csv")}
+    best = max(results.values(), key=lambda r: r["restore"][1]["acc_test"])
+    restored = t7[("Parameter restoration (top-k), best cell and ratio", "test")]
+    assert float(restored["mean"]) == best["restore"][1]["acc_test"] and restored["setting"].endswith("10% restored")
 
     cells = _csv(out / "cells.csv")
     assert [(c["bucket"], c["size"], c["status"]) for c in cells] == [("d0", "20", "done"), ("d0", str(big), "failed"), ("d4", "20", "done"), ("d4", str(big), "done")]

@@ -1,0 +1,3 @@
+from .write import main
+
+main()
