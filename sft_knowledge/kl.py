@@ -97,10 +97,12 @@ def early_answers(model, tokenizer, prompts: list[str], answers: list[list[str]]
         return AnswerFilter(None, len(prompts), len(prompts), None, list(range(len(prompts))))
     if within < 1:
         raise ValueError(f"kl.answer_within_tokens={within}: expected a positive integer or null")
+    if not prompts:  # an empty level (a small model's D_test-4); fast tokenizers fail on an empty batch
+        return AnswerFilter(within, 0, 0, [0] * within, [])
     flat = [f" {a}" for alts in answers for a in alts]
-    longest = max((len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"]), default=0)
-    completions = generate(model, tokenizer, prompts, within + longest, 0.0, batch_size) if prompts else []
-    encoded = tokenizer(completions, add_special_tokens=False)["input_ids"] if prompts else []
+    longest = max(len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"])
+    completions = generate(model, tokenizer, prompts, within + longest, 0.0, batch_size)
+    encoded = tokenizer(completions, add_special_tokens=False)["input_ids"]
     starts = [answer_start(tokenizer, ids, alts) for ids, alts in zip(encoded, answers, strict=True)]
     kept = [i for i, s in enumerate(starts) if s is not None and s < within]
     return AnswerFilter(within, len(prompts), len(kept), [starts.count(t) for t in range(within)], kept)

@@ -77,7 +77,7 @@ def cell_states(sweep_dir: Path) -> list[dict]:
             kl = "-" if r["kl_test4"] is None else f"{r['kl_test4']:.4f}"
             state, detail = "done", f"acc_test {r['acc_test']}, kl_test4 {kl}: {results}"
         elif info.get("status") in ("failed", "interrupted"):
-            state, detail = "failed", f"{info['status']}: {info.get('error', '?')} (log: {log})"
+            state, detail = "failed", f"error: {info.get('error', '?')} (log: {log})"  # an interruption's says so
         elif info.get("status") == "running":
             job_id = info.get("slurm_job_id")
             if queue is not None and job_id is not None and job_id not in queue:

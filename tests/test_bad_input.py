@@ -122,8 +122,8 @@ def test_two_identical_runs_at_once_evaluate_once(smoke_cache, tmp_path):
     outs = [p.communicate(timeout=900) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outs
     stdout = [out for out, _ in outs]
-    assert sum("is already done" in s for s in stdout) == 1, stdout  # the second waited for the first, then read its result
-    assert sum("accuracy (%)" in s for s in stdout) == 1
+    # The second waited for the first, then read its result instead of evaluating (it prints the same summary).
+    assert sum("is already done" in s for s in stdout) == 1, stdout
     assert len(list(tmp_path.glob("runs/*/results.json"))) == 1
 
 
