@@ -92,15 +92,26 @@ def _start(tmp_path: Path, cache: Path, *overrides: str) -> subprocess.Popen:
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def _checkpoints(cache: Path) -> set[tuple[str, str]]:
+    """The complete SFT checkpoints: what each `latest` pointer names (written once a checkpoint is whole)."""
+    found = set()
+    for pointer in cache.glob("sft/.work-*/latest"):
+        try:
+            found.add((str(pointer), pointer.read_text()))
+        except FileNotFoundError:  # replaced or removed while we looked
+            pass
+    return found
+
+
 @pytest.mark.slow
 def test_ctrl_c_and_sigterm_say_what_stopped_and_the_rerun_finishes(smoke_cache, tmp_path):
     # A new SFT (seed 7) that pauses after each periodic checkpoint: a window to interrupt it in.
     args = ("seed=7", "checkpoint.every=2", "checkpoint.debug_pause_s=30", "hydra.run.dir=" + str(tmp_path / "job"))
     for signum, code, name in ((signal.SIGINT, 130, "SIGINT (Ctrl-C)"), (signal.SIGTERM, 143, "SIGTERM")):
-        saved = set(smoke_cache.glob("sft/.work-*/step-*"))
+        saved = _checkpoints(smoke_cache)
         proc = _start(tmp_path, smoke_cache, *args)
         deadline = time.time() + 600
-        while not set(smoke_cache.glob("sft/.work-*/step-*")) - saved:  # SFT saved a checkpoint and pauses after it
+        while not _checkpoints(smoke_cache) - saved:  # SFT completed a checkpoint and pauses after it
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.2)
         proc.send_signal(signum)
