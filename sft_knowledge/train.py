@@ -91,13 +91,11 @@ class TrainLog:
 
 
 class DeferredSignals:
-    """Holds SIGINT (Ctrl-C), SIGTERM (SLURM stops the job) and SIGUSR2 (submitit: preemption or time-out) until the current
+    """Holds SIGTERM (SLURM stops the job) and SIGUSR2 (submitit: preemption or time-out) until the current
     step ends, so the checkpoint saved for them is consistent; `forward` then hands them to the handler that
     was there before (submitit's requeues the job and exits; the default one terminates)."""
 
-    # SIGINT too: Ctrl-C in the middle of a checkpoint's write would break it (torch.distributed.checkpoint wraps the
-    # KeyboardInterrupt in its own error); held until the step ends, it saves a checkpoint and then stops the run.
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
     def __enter__(self) -> DeferredSignals:
         self.caught: list[int] = []
