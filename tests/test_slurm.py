@@ -53,8 +53,10 @@ def _wait(what: str, condition, timeout: float = TIMEOUT):
 def _finished(job: str) -> str:
     """Wait for a job to leave the queue; return its final state from accounting."""
     _wait(f"job {job}", lambda: subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() == "")
-    return _wait(f"accounting of job {job}", lambda: subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"],
-                                                                    capture_output=True, text=True).stdout.strip())
+    def final_state() -> str:  # accounting lags the queue: a job gone from squeue can still read RUNNING in sacct
+        state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True).stdout.strip()
+        return "" if state in ("", "RUNNING", "PENDING", "REQUEUED") else state
+    return _wait(f"accounting of job {job}", final_state)
 
 
 def _status(sweep: Path) -> str:
