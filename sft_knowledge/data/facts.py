@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 LEVELS = (0, 1, 2, 3, 4)  # mastery levels D-0..D-4
 SPLITS = ("train", "test", "testood")
+EVAL_SPLITS = ("test", "testood")  # what the fine-tuned model is judged on: in-domain and out-of-domain
+LEVEL_NAMES = tuple(f"D-{lv}" for lv in LEVELS)
 MAPPING_TEMPLATES = 21  # per relation, in both datasets (paper App. F.2); mastery.n_map takes the first n
 
 
