@@ -33,10 +33,10 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import digest
 
 MARKER = "DONE.json"
 VERIFY_ENV = "SFT_KNOWLEDGE_CACHE_VERIFY"
@@ -53,6 +53,13 @@ class CacheError(RuntimeError):
 
 class SaveError(CacheError):
     """A file that could not be saved (full disk, read-only directory)."""
+
+
+def digest(obj: Any, n: int = 12) -> str:
+    """Stable short hash of a JSON-able object (dataclasses are turned into dicts): the key of runs and entries."""
+    if is_dataclass(obj):
+        obj = asdict(obj)
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def _sha256(path: Path) -> str:
@@ -157,6 +164,28 @@ def check(path: Path, verify: str = "full", hash_files: bool = True) -> None:
             raise _corrupt(path, f"{name} does not match its SHA-256 in {MARKER}")
 
 
+class FileLock:
+    """An exclusive flock on `path`, held inside `with`: it holds across processes and the nodes of an NFS file
+    system, and the kernel releases it when its process dies, however it dies. Opening the file happens at
+    construction, so an unwritable directory fails before anything waits. `waiting`, if given, is printed when
+    another process holds the lock."""
+
+    def __init__(self, path: Path, waiting: str | None = None):
+        self.file, self.waiting = open(path, "a"), waiting
+
+    def __enter__(self) -> FileLock:
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if self.waiting:
+                print(self.waiting, flush=True)
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
 class Cache:
     def __init__(self, root: str | Path, verify: str | None = None):
         self.root = Path(root)
@@ -206,12 +235,11 @@ class Cache:
         lock_path = path.parent / f".{path.name}.lock"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(lock_path, "a")
+            lock = FileLock(lock_path)  # one builder per entry; the others wait, then hit
         except OSError as err:
             raise SaveError(f"cache entry {path} is missing and cannot be built: {path.parent} is not writable "
                             f"({err.strerror}); point paths.cache_dir at a writable directory") from None
         with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per entry; the others wait, then hit
             if path.exists():
                 self._read(path)
                 return path, True

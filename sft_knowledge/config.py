@@ -1,12 +1,14 @@
-"""Typed configuration: one dataclass per config group, registered in Hydra's ConfigStore.
+"""Typed configuration: the dataclass behind every config group, and the checks on it.
 
-Stages take these dataclasses (or their own pieces of them), never a DictConfig, so every stage can
-be called from a notebook or a test without Hydra. `validate` turns a bad value into a one-line
-message naming the key, the value and what is allowed.
+Every stage's settings live here, in one light module (no torch), so the command line, `status` and the tests
+read them fast and no stage imports another for its settings. Stages take these dataclasses, never a DictConfig:
+each stage can be called from a notebook or a test without Hydra. The comment beside each key says what it does;
+the YAML files under conf/ state only what differs from these defaults. `validate` turns a bad value into a
+one-line message naming the key, the value and what is allowed; `effective` resolves the values that come from
+more than one key (learning rate, micro-batch size, GPUs) in one place.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -16,30 +18,30 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from .data.entityquestions import EntityQuestionsConfig
-from .data.facts import MAPPING_TEMPLATES
-from .data.synthetic import SyntheticWorldConfig
+from .cache import digest
+from .data.facts import LEVELS, MAPPING_TEMPLATES
+from .errors import ConfigError, ModelError
 from .evaluate import EvalConfig
 from .pretrain import PretrainConfig
-from .probe import BACKENDS, ESTIMATORS, ProbeConfig
-from .restore import REGIONS, SCOPES, STRATEGIES
 from .train import METHODS, PRECISIONS, CheckpointConfig, TrainConfig
 from .train import STRATEGIES as TRAIN_STRATEGIES
 
-PAPER_SIZES = (60, 120, 240, 480, 960, 1920)
+PAPER_SIZES = (60, 240, 1920)  # the data scales the paper names (§3.4), besides "all"
 BUCKETS = ("all", "d0", "d1", "d2", "d3", "d4")
+ESTIMATORS = ("sampling", "likelihood")
+BACKENDS = ("hf", "vllm")
+STRATEGIES = ("top", "bottom", "random")  # restoration: which scalars
+REGIONS = ("transformer", "attention", "mlp", "embedding", "all")
+SCOPES = ("global", "per_tensor", "per_layer")
 LOGGER_MODES = ("offline", "online", "disabled")
 DATASETS = ("synthetic", "entityquestions")
 SOURCES = ("tiny_world", "smollm2_gguf", "hub")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; its message is one line."""
-
-
-class ModelError(ConfigError):
-    """A base model that cannot be obtained (offline, no access, package missing); one line saying what to set."""
+# EntityQuestions' upstream archive; it has no published checksum, so data.entityquestions.sha256 is the
+# content_sha256 of the full copy in ../shared/data/entityquestions (commit 409520a, whose records the later
+# .json files repeat one for one).
+ARCHIVE_URL = "https://nlp.cs.princeton.edu/projects/entity-questions/dataset.zip"
+ARCHIVE_SHA256 = "dfea33bac9f0d46b638be0915ee614fc5bca9fa5007ea0a9531316dbfb409217"
 
 
 @dataclass
@@ -52,31 +54,69 @@ class ModelConfig:
     lr: float = 1e-3  # SFT learning rate for this model, unless train.lr is set
     micro_batch_size: Any = None  # examples per forward pass (None: train.batch_size); the rest by gradient accumulation
     gradient_checkpointing: bool = False
-    n_gpus: int = 1  # GPUs this model needs in one job (checked when above 1)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    n_gpus: int = 1  # GPUs this model needs in one job (checked when above 1; above 1 the model is spread over them)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # source=tiny_world: how it is pretrained
+
+
+@dataclass
+class SyntheticWorldConfig:
+    """The embedded world (data/synthetic.py); README "The embedded world" has its calibration."""
+    seed: int = 0
+    n_train: int = 20000  # in-domain facts for training buckets
+    n_test: int = 1500  # in-domain facts held out for testing
+    n_testood: int = 1500  # facts of the out-of-domain relations
+    n_bridge_per_relation: int = 300  # facts outside every split, also seen as QA text (extractability)
+    bridge_statements: int = 8
+    bridge_questions: int = 4
+    exposure_zero_frac: float = 0.1  # facts never stated in the corpus
+    exposure_min: int = 20  # the others are stated round(exp(U(ln min, ln max))) times (log-uniform)
+    exposure_max: int = 64
+    pool_scale: float = 1.0  # object pool sizes x this
+
+
+@dataclass
+class EntityQuestionsConfig:
+    """Where EntityQuestions is read from (data/entityquestions.py)."""
+    root: Any = None  # folder holding train/ and test/ (None: $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions, else url)
+    aliases_file: Any = None  # a JSON file {gold object: [synonyms]} added to the paper's synonym table
+    url: str = ARCHIVE_URL  # the archive fetched into the cache when no copy is found (root unset)
+    sha256: str = ARCHIVE_SHA256  # content_sha256 the fetched archive must have
 
 
 @dataclass
 class SubsetConfig:
     """A small model on a large dataset: probe only a seeded subset, pre-screened so its levels are not all D-0."""
-
     candidates: Any = None  # facts per split drawn (balanced over relations) for the pre-screen; None: no subset
     keep: int = 60  # facts kept per split: half the best-ranked by the pre-screen, half spread over the rest
     n_map: int = 4  # templates of the likelihood pre-screen
 
 
 @dataclass
-class DataConfig(EntityQuestionsConfig):
+class DataConfig:
     name: str = "synthetic"  # synthetic | entityquestions
-    size: Any = 240  # facts in the SFT subset: a positive int (paper: 60..1920) or "all"
+    size: Any = 240  # facts in the SFT subset: a positive int (paper: 60, 240, 1920) or "all"
     seed: int = 0  # draws the SFT subset (and the pre-screen candidates)
-    world: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
-    subset: SubsetConfig = field(default_factory=SubsetConfig)
+    world: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)  # name=synthetic
+    entityquestions: EntityQuestionsConfig = field(default_factory=EntityQuestionsConfig)  # name=entityquestions
+    subset: SubsetConfig = field(default_factory=SubsetConfig)  # real datasets: probe a pre-screened subset
 
 
 @dataclass
-class MasteryConfig(ProbeConfig):
-    bucket: str = "all"  # training bucket: all, d0..d4
+class ProbeConfig:
+    """How the base model's mastery of each fact is measured (probe.py; paper §3.1)."""
+    n_map: int = 21  # mapping templates per relation (paper: 21)
+    n_sample: int = 10  # samples per template (paper: 10)
+    temperature: float = 0.7
+    max_new_tokens: int = 32
+    estimator: str = "sampling"  # sampling (paper) | likelihood: the expected hit rate by teacher forcing
+    batch_size: int = 512
+    seed: int = 0
+    backend: str = "hf"  # sampling on: hf (batched decoding here) | vllm (vLLM's engine, GPU nodes)
+
+
+@dataclass
+class MasteryConfig:
+    bucket: str = "all"  # the facts SFT trains on: all (the paper's "Mixed") or one level, d0..d4
 
 
 @dataclass
@@ -93,8 +133,8 @@ class KLConfig:
 
 @dataclass
 class RestoreConfig:
-    ratios: list[float] = field(default_factory=lambda: [0, 1, 3, 5, 10, 20, 40, 60])
-    strategy: str = "top"  # top | bottom | random
+    ratios: list[float] = field(default_factory=lambda: [0, 1, 3, 5, 10, 20, 40, 60])  # % of the region restored
+    strategy: str = "top"  # top (most changed) | bottom (least changed) | random
     region: str = "transformer"  # transformer | attention | mlp | embedding | all
     layer_block_size: int = 0  # >0: also restore whole blocks of this many layers (paper Table 11)
     seed: int = 32  # random strategy's seed (ParamRestore's default)
@@ -134,6 +174,7 @@ class ResourcesConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     mastery: MasteryConfig = field(default_factory=MasteryConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -151,16 +192,27 @@ class Config:
 NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources")
 
 
-def digest(obj: Any, n: int = 12) -> str:
-    """Stable short hash of a JSON-able object (dataclasses are turned into dicts)."""
-    if hasattr(obj, "__dataclass_fields__"):
-        obj = asdict(obj)
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+def semantic(cfg: Config) -> dict[str, Any]:
+    """The part of the config that changes a run's results."""
+    return {k: v for k, v in asdict(cfg).items() if k not in NON_SEMANTIC}
 
 
 def run_key(cfg: Config) -> str:
-    semantic = {k: v for k, v in asdict(cfg).items() if k not in NON_SEMANTIC}
-    return f"{cfg.model.name}-{cfg.mastery.bucket}-{cfg.data.size}-{digest(semantic)}"
+    return f"{cfg.model.name}-{cfg.mastery.bucket}-{cfg.data.size}-{digest(semantic(cfg))}"
+
+
+@dataclass(frozen=True)
+class Effective:
+    """Values that more than one key decides, resolved once (`effective`)."""
+    lr: float  # SFT's peak learning rate: train.lr, else the model's
+    micro_batch_size: int  # examples per forward pass: train.micro_batch_size, else the model's, else train.batch_size
+    n_gpus: int  # GPUs the model needs in one job; above 1 it is spread over them (models.load)
+
+
+def effective(cfg: Config) -> Effective:
+    micro = next(m for m in (cfg.train.micro_batch_size, cfg.model.micro_batch_size, cfg.train.batch_size) if m is not None)
+    return Effective(lr=cfg.train.lr if cfg.train.lr is not None else cfg.model.lr, micro_batch_size=micro,
+                     n_gpus=cfg.model.n_gpus)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -174,19 +226,19 @@ def validate(cfg: Config) -> None:
     _check(size == "all" or (isinstance(size, int) and not isinstance(size, bool) and size > 0),
            "data.size", size, f"a positive integer (paper: {', '.join(map(str, PAPER_SIZES))}) or 'all'")
     _check(cfg.mastery.bucket in BUCKETS, "mastery.bucket", cfg.mastery.bucket, ", ".join(BUCKETS))
-    _check(cfg.mastery.estimator in ESTIMATORS, "mastery.estimator", cfg.mastery.estimator, ", ".join(ESTIMATORS))
-    _check(cfg.mastery.backend in BACKENDS, "mastery.backend", cfg.mastery.backend, ", ".join(BACKENDS))
+    _check(cfg.probe.estimator in ESTIMATORS, "probe.estimator", cfg.probe.estimator, ", ".join(ESTIMATORS))
+    _check(cfg.probe.backend in BACKENDS, "probe.backend", cfg.probe.backend, ", ".join(BACKENDS))
     _check(cfg.resources.weight_copies in ("device", "cpu"), "resources.weight_copies", cfg.resources.weight_copies, "device, cpu")
-    if cfg.mastery.backend == "vllm" and cfg.mastery.estimator != "sampling":
-        raise ConfigError(f"mastery.backend=vllm only samples: use mastery.estimator=sampling, or mastery.backend=hf "
-                          f"for mastery.estimator={cfg.mastery.estimator}")
-    if cfg.mastery.backend == "vllm" and importlib.util.find_spec("vllm") is None:  # checked before any stage runs
-        raise ConfigError("mastery.backend=vllm needs the vllm package: `pip install vllm` on a GPU node, or use mastery.backend=hf")
+    if cfg.probe.backend == "vllm" and cfg.probe.estimator != "sampling":
+        raise ConfigError(f"probe.backend=vllm only samples: use probe.estimator=sampling, or probe.backend=hf "
+                          f"for probe.estimator={cfg.probe.estimator}")
+    if cfg.probe.backend == "vllm" and importlib.util.find_spec("vllm") is None:  # checked before any stage runs
+        raise ConfigError("probe.backend=vllm needs the vllm package: `pip install vllm` on a GPU node, or use probe.backend=hf")
     for key in ("n_map", "n_sample", "max_new_tokens", "batch_size"):
-        _check(getattr(cfg.mastery, key) > 0, f"mastery.{key}", getattr(cfg.mastery, key), "a positive integer")
-    for key, n_map in (("mastery.n_map", cfg.mastery.n_map), ("data.subset.n_map", cfg.data.subset.n_map)):
+        _check(getattr(cfg.probe, key) > 0, f"probe.{key}", getattr(cfg.probe, key), "a positive integer")
+    for key, n_map in (("probe.n_map", cfg.probe.n_map), ("data.subset.n_map", cfg.data.subset.n_map)):
         _check(0 < n_map <= MAPPING_TEMPLATES, key, n_map, f"1..{MAPPING_TEMPLATES} (each relation has {MAPPING_TEMPLATES} mapping templates)")
-    _check(cfg.mastery.temperature > 0, "mastery.temperature", cfg.mastery.temperature, "a number > 0")
+    _check(cfg.probe.temperature > 0, "probe.temperature", cfg.probe.temperature, "a number > 0")
     _check(cfg.train.method in METHODS, "train.method", cfg.train.method, ", ".join(METHODS))
     _check(cfg.train.lora_rank > 0, "train.lora_rank", cfg.train.lora_rank, "a positive integer")
     _check(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, ", ".join(PRECISIONS))
@@ -195,8 +247,9 @@ def validate(cfg: Config) -> None:
            "single with train.method=lora (FSDP here trains every weight)")
     procs = cfg.train.fsdp_processes
     _check(procs is None or (isinstance(procs, int) and procs > 0), "train.fsdp_processes", procs, "a positive integer or null (one per GPU)")
-    micro = cfg.train.micro_batch_size if cfg.train.micro_batch_size is not None else cfg.model.micro_batch_size
-    _check(micro is None or (isinstance(micro, int) and 0 < micro <= cfg.train.batch_size and cfg.train.batch_size % micro == 0),
+    _check(cfg.train.batch_size > 0, "train.batch_size", cfg.train.batch_size, "a positive integer")
+    micro = effective(cfg).micro_batch_size
+    _check(isinstance(micro, int) and 0 < micro <= cfg.train.batch_size and cfg.train.batch_size % micro == 0,
            "train.micro_batch_size", micro, f"a divisor of train.batch_size={cfg.train.batch_size}")
     _check(cfg.train.epochs > 0, "train.epochs", cfg.train.epochs, "a number > 0")
     _check(cfg.train.lr is None or 0 < cfg.train.lr < math.inf, "train.lr", cfg.train.lr, "a number > 0, or null for the model's lr")
@@ -209,14 +262,13 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.batch_size > 0, "eval.batch_size", cfg.eval.batch_size, "a positive integer")
     _check(cfg.eval.max_per_level is None or cfg.eval.max_per_level > 0, "eval.max_per_level", cfg.eval.max_per_level,
            "a positive integer, or null for every fact")
-    _check(cfg.train.batch_size > 0, "train.batch_size", cfg.train.batch_size, "a positive integer")
     for r in cfg.restore.ratios:
         _check(0 <= r <= 100, "restore.ratios", r, "percentages in [0, 100]")
     _check(cfg.restore.strategy in STRATEGIES, "restore.strategy", cfg.restore.strategy, ", ".join(STRATEGIES))
     _check(cfg.restore.region in REGIONS, "restore.region", cfg.restore.region, ", ".join(REGIONS))
     _check(cfg.restore.scope in SCOPES, "restore.scope", cfg.restore.scope, ", ".join(SCOPES))
     _check(cfg.restore.layer_block_size >= 0, "restore.layer_block_size", cfg.restore.layer_block_size, "an integer >= 0")
-    _check(cfg.kl.level in range(5), "kl.level", cfg.kl.level, "0..4")
+    _check(cfg.kl.level in LEVELS, "kl.level", cfg.kl.level, "0..4")
     _check(cfg.kl.base_prompt in ("mapping", "qa"), "kl.base_prompt", cfg.kl.base_prompt, "mapping, qa")
     _check(cfg.kl.top_k > 0, "kl.top_k", cfg.kl.top_k, "a positive integer (paper: 10)")
     _check(cfg.kl.max_facts is None or cfg.kl.max_facts > 0, "kl.max_facts", cfg.kl.max_facts, "a positive integer, or null for the whole level")

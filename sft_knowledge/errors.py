@@ -4,6 +4,18 @@ from __future__ import annotations
 import signal
 
 
+class ConfigError(ValueError):
+    """A bad configuration value; its message is one line."""
+
+
+class ModelError(ConfigError):
+    """A base model that cannot be obtained (offline, no access, package missing); one line saying what to set."""
+
+
+class DataError(ValueError):
+    """Bad input data or a subset that cannot be drawn (e.g. a bucket smaller than data.size); one line."""
+
+
 class Interrupted(BaseException):
     """SIGINT (Ctrl-C) or SIGTERM arrived. A BaseException, so that no `except Exception` on the way swallows it;
     the stage it interrupted adds its name on the way out (pipeline.Timer)."""

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .data.facts import is_correct
 from .decoding import generate
+from .results import KLSummary
 
 
 def topk_renormalised_kl(ft_logits: Tensor, base_logits: Tensor, k: int = 10) -> Tensor:
@@ -32,25 +33,14 @@ def topk_renormalised_kl(ft_logits: Tensor, base_logits: Tensor, k: int = 10) ->
     return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
 
 
-@dataclass
-class KLStats:
-    mean: float
-    median: float
-    p90: float
-    max: float
-    n: int
-    histogram: list[int]  # counts in 20 equal-width bins from 0 to max
-    bin_edges: list[float]  # 21 edges
-
-
-def kl_stats(values: Tensor) -> KLStats | None:
+def kl_stats(values: Tensor) -> KLSummary | None:
     """Summary of a KL distribution; None when there are no values (e.g. no question in a category)."""
     v = values.detach().float().flatten().cpu()
     if v.numel() == 0:
         return None
     top = v.max().item()
     counts, edges = torch.histogram(v, bins=20, range=(0.0, top if top > 0 else 1.0))  # all-zero: a unit range
-    return KLStats(
+    return KLSummary(
         mean=v.mean().item(),
         median=v.quantile(0.5).item(),
         p90=v.quantile(0.9).item(),

@@ -12,8 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cache import Cache
-from .config import ModelError, check_model_dir
-from .data.synthetic import SyntheticWorld, SyntheticWorldConfig
+from .config import check_model_dir
+from .errors import ModelError
+from .config import SyntheticWorldConfig
+from .data.synthetic import SyntheticWorld
 from .pretrain import PretrainConfig, pretrain
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -60,6 +60,7 @@ def check_command_line(argv: list[str]) -> None:
         return  # --help, --cfg, --config-name ...: Hydra's own business
     overrides = [a for a in argv if not a.startswith("-")]
     parsed = _parse(overrides)
+    check_group_options(parsed)
     register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -87,6 +88,18 @@ def check_command_line(argv: list[str]) -> None:
     GlobalHydra.instance().clear()
     for output_dir in sorted(output_dirs):  # only once every cell is valid: a bad command leaves nothing behind
         _check_writable(output_dir)
+
+
+def check_group_options(parsed) -> None:
+    """Hydra's own message for an unknown option of a config group spans a dozen lines; say it in one."""
+    for o in parsed:
+        group = o.get_key_element().removeprefix("override ").lstrip("+~")
+        if not (CONF_DIR / group).is_dir() or o.value_type is None:  # `~group`: a deletion, no option
+            continue
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        for option in (o.sweep_string_iterator() if o.is_discrete_sweep() else [o.get_value_element_as_str()]):
+            if option not in options and option != "null" and not any(ch in option for ch in "()[]{}$"):
+                raise ConfigError(f"{group}={option} is not an option of '{group}': choose one of {', '.join(options)}")
 
 
 def _check_writable(output_dir: Path) -> None:

@@ -13,7 +13,8 @@ from dataclasses import asdict
 
 from .data.facts import SPLITS, Fact, KnowledgeBase
 from .data.sampling import balanced_subset
-from .probe import ProbeConfig, probe
+from .config import ProbeConfig
+from .probe import probe
 
 
 def spread(rates: list[float], keep: int) -> list[int]:

@@ -22,25 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data.facts import SPLITS, Fact, KnowledgeBase, is_correct
+from .config import BACKENDS, ESTIMATORS, ProbeConfig
+from .data.facts import LEVELS, SPLITS, Fact, KnowledgeBase, is_correct
 from .decoding import answer_logprob, encode_prompts, generate
 
 LEVEL_UPPER = (0.0, 0.25, 0.5, 0.75, 1.0)  # upper bound of R for D-0..D-4 (D-0 is exactly 0)
-ESTIMATORS = ("sampling", "likelihood")
-BACKENDS = ("hf", "vllm")
 Sampler = Callable[[list[str], str], list[str]]  # (prompts, progress label) -> n_sample texts per prompt, prompt-major
-
-
-@dataclass
-class ProbeConfig:
-    n_map: int = 21  # mapping templates per relation (paper: 21)
-    n_sample: int = 10  # samples per template (paper: 10)
-    temperature: float = 0.7
-    max_new_tokens: int = 32
-    estimator: str = "sampling"
-    batch_size: int = 512
-    seed: int = 0
-    backend: str = "hf"  # sampling on: hf (batched decoding here) | vllm (vLLM's engine, GPU nodes)
 
 
 @dataclass
@@ -50,7 +37,7 @@ class ProbeResult:
     template_rate: dict[str, list[float]] = field(default_factory=dict)  # relation -> mean R per template
 
     def counts(self, split: str) -> list[int]:
-        return [self.level[split].count(lv) for lv in range(5)]
+        return [self.level[split].count(lv) for lv in LEVELS]
 
     def best_template(self, relation: str) -> int:
         """Paper §4.1: per topic, the mapping template with the highest success rate."""
@@ -119,9 +106,9 @@ def _template_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: 
 
 def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
     if cfg.estimator not in ESTIMATORS:
-        raise ValueError(f"mastery.estimator={cfg.estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+        raise ValueError(f"probe.estimator={cfg.estimator!r}: expected one of {', '.join(ESTIMATORS)}")
     if cfg.backend not in BACKENDS:
-        raise ValueError(f"mastery.backend={cfg.backend!r}: expected one of {', '.join(BACKENDS)}")
+        raise ValueError(f"probe.backend={cfg.backend!r}: expected one of {', '.join(BACKENDS)}")
     # Built once, before the splits: one vLLM engine serves them all. The likelihood estimator does not sample.
     make_sampler = vllm_sampler if cfg.backend == "vllm" else hf_sampler
     sample = make_sampler(model, tokenizer, cfg) if cfg.estimator == "sampling" else None

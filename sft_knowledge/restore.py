@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-REGIONS = ("transformer", "attention", "mlp", "embedding", "all")
-STRATEGIES = ("top", "bottom", "random")
-SCOPES = ("global", "per_tensor", "per_layer")
+from .config import REGIONS, SCOPES, STRATEGIES
+
 HIGH = 16  # bits of the key resolved by pass 1; pass 2 resolves the other 16
 NBINS = 1 << HIGH
 CHUNK = 1 << 18  # scalars scored at once on a CPU: the temporaries stay in cache and an embedding needs no GBs

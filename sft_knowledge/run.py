@@ -1,21 +1,19 @@
 """Entry point: `python -m sft_knowledge.run [overrides]`, or `-m` for a sweep.
 
 Hydra lives here and nowhere else: compose, validate, turn the config into dataclasses, and hand it
-to the pipeline. A run is named by the hash of its semantic config; if that run already has a
+to the recipe. A run is named by the hash of its semantic config; if that run already has a
 `results.json`, nothing is recomputed. A failed run writes no `results.json`: it prints one line
 (`error: ...`), records the error in its job directory, and the process exits non-zero.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import socket
 import sys
 import traceback
-from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import hydra
@@ -24,25 +22,24 @@ from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .cache import Cache, CacheError
-from .cache import write_atomic as _write_atomic  # the one atomic writer: no temporary file left, ENOSPC in one line
-from .config import NON_SEMANTIC, Config, ConfigError, register, run_key, validate
-from .data.sampling import DataError
-from .errors import Interrupted
+from .cache import Cache, CacheError, FileLock, write_atomic
+from .config import Config, register, run_key, semantic, validate
+from .errors import ConfigError, DataError, Interrupted
 from .overrides import check_command_line
 from .provenance import provenance
-from .summary import run_summary, sweep_rows, sweep_summary
+from .results import RunResult, load
+from .summary import run_summary, sweep_summary
+from .sweep import unfinished
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPECTED_ERRORS = (ConfigError, DataError, CacheError)
 _failures: list[str] = []
 
 register()
 
 
-def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str] | None = None) -> dict:
+def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str] | None = None) -> RunResult:
     """Run one configuration (or return its finished results); the programmatic twin of the CLI."""
-    from .pipeline import run_experiment  # imported late: keeps `--help` and config errors fast
+    from .recipe import run_experiment  # imported late: keeps `--help` and config errors fast
     from .tracking import Tracker
 
     validate(cfg)
@@ -58,40 +55,29 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"paths.output_dir={cfg.paths.output_dir}: cannot create {run_dir} ({err.strerror})") from None
-    with run_lock(run_dir, key):  # two commands on one cell: the second waits, then finds the first's result
+    # Two commands on one cell: the second waits, then finds the first's result.
+    with FileLock(run_dir / ".lock", waiting=f"run {key} is running in another process; waiting for it to finish"):
         if results_path.exists():
             return _already_done(key, results_path, job)
         job.mark("running")
-        semantic = {k: v for k, v in asdict(cfg).items() if k not in NON_SEMANTIC}
         tracker = Tracker(cfg.logger.mode, run_dir, key, cfg.logger.project, asdict(cfg), group=cfg.logger.group,
                           tags=list(cfg.logger.tags) + [cfg.model.name, cfg.mastery.bucket, f"size={cfg.data.size}", cfg.restore.strategy],
                           entity=cfg.logger.entity)
         with tracker:
-            results = run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker)
-            record = {"run_key": key, "config": semantic, "overrides": hydra_overrides or [], "provenance": provenance(run_dir), **results}
-            tracker.summary({k: record[k] for k in ("acc_test", "acc_testood", "acc_train", "kl_test4")})
-            _write_atomic(results_path, json.dumps(record, indent=1))
+            result = replace(run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker), run_key=key, config=semantic(cfg),
+                                         overrides=hydra_overrides or [], provenance=provenance(run_dir))
+            tracker.summary({"acc_test": result.acc["test"].acc, "acc_testood": result.acc["testood"].acc,
+                             "acc_train": result.acc_train, f"kl_test{result.kl_level}": result.kl_mean})  # the KL named by its level
+            result.save(results_path)
             tracker.artifact(results_path, f"results-{key}", "results")
     job.mark("done")
-    return record
+    return result
 
 
-def _already_done(key: str, results_path: Path, job: JobRecord) -> dict:
+def _already_done(key: str, results_path: Path, job: JobRecord) -> RunResult:
     print(f"run {key} is already done: {results_path}")
     job.mark("done")
-    return json.loads(results_path.read_text())
-
-
-@contextmanager
-def run_lock(run_dir: Path, key: str):
-    """Held while a run computes (flock: released by the kernel when its process dies, however it dies)."""
-    with open(run_dir / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"run {key} is running in another process; waiting for it to finish", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return load(results_path)
 
 
 class JobRecord:
@@ -110,7 +96,7 @@ class JobRecord:
             who["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
         previous = json.loads(self.path.read_text()) if self.path.exists() else {}
         previous.pop("error", None)  # an error belongs to the attempt that had it
-        _write_atomic(self.path, json.dumps({**previous, **self.fields, "status": status, **who, **extra}))
+        write_atomic(self.path, json.dumps({**previous, **self.fields, "status": status, **who, **extra}))
 
     def mark_ended(self, status: str, error: str) -> None:
         """Record a failure or an interruption; a disk too full for run.json must not hide the error line itself."""
@@ -144,7 +130,7 @@ def _main(dcfg: DictConfig) -> None:
         _failures.append(message)
         return
     print(run_summary(record))
-    print(f"results: {Path(cfg.paths.runs_dir).resolve() / record['run_key'] / 'results.json'}")
+    print(f"results: {Path(cfg.paths.runs_dir).resolve() / record.run_key / 'results.json'}")
 
 
 class SweepSummary(Callback):
@@ -157,24 +143,9 @@ class SweepSummary(Callback):
             (sweep_dir / "summary.txt").write_text(table + "\n")
             print(table)
             # The exit code says whether every cell finished, wherever the cells ran (here, or as SLURM jobs).
-            failed = [row for row in sweep_rows(sweep_dir) if row["status"] != "done"]
+            failed = unfinished(sweep_dir)
             if failed:
-                sys.exit(f"error: {len(failed)} cell(s) failed; see python -m sft_knowledge.status {sweep_dir}")
-
-
-def _check_group_options(argv: list[str]) -> None:
-    """Hydra's own message for an unknown group option spans a dozen lines; say it in one."""
-    for arg in argv:
-        if "=" not in arg or arg.startswith("-"):
-            continue
-        key, value = arg.split("=", 1)
-        group = key.removeprefix("override ").lstrip("+~")
-        if not (CONF_DIR / group).is_dir() or any(ch in value for ch in "()[]{}$"):
-            continue
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        for option in value.split(","):
-            if option not in options and option != "null":
-                sys.exit(f"error: {group}={option} is not an option of '{group}': choose one of {', '.join(options)}")
+                sys.exit(f"error: {failed} cell(s) failed; see python -m sft_knowledge.status {sweep_dir}")
 
 
 def _interrupt(signum: int, frame) -> None:
@@ -184,10 +155,8 @@ def _interrupt(signum: int, frame) -> None:
 def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
-    argv = sys.argv[1:]
-    _check_group_options(argv)
     try:
-        check_command_line(argv)  # every cell, before anything runs
+        check_command_line(sys.argv[1:])  # every cell, before anything runs
     except ConfigError as err:
         sys.exit(f"error: {err}")
     _main()

@@ -31,7 +31,7 @@ CONFIG_ERRORS = [
     ("kl.max_facts=0", "error: kl.max_facts=0 is not allowed"),
     ("train.lr=-1", "error: train.lr=-1 is not allowed"),
     ("train.warmup_ratio=1.5", "error: train.warmup_ratio=1.5 is not allowed"),
-    ("mastery.n_map=22", "error: mastery.n_map=22 is not allowed: expected 1..21"),
+    ("probe.n_map=22", "error: probe.n_map=22 is not allowed: expected 1..21"),
     ("restore.ratios=[0,150]", "error: restore.ratios=150 is not allowed: expected percentages in [0, 100]"),
     ("model=llama3_8b model.path={empty}", "error: model.path={empty} holds no config.json"),
     ("model=llama3_8b model.path={broken}", "error: model.path={broken}: config.json cannot be read"),

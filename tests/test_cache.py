@@ -158,14 +158,17 @@ def test_damaged_safetensors_header_or_probe_json_is_one_line_not_a_parser_error
         cache.get_or_build("sft", {"a": 2}, _writer([]))
 
 
-def test_the_pipeline_reads_a_damaged_probe_through_the_check(tmp_path):
-    from sft_knowledge.pipeline import load_mastery  # the code path that parsed probe.json into a JSONDecodeError
-    cache, spec = Cache(tmp_path), {"probe": 1}
-    path, _ = cache.get_or_build("probe", spec, lambda tmp: (tmp / "probe.json").write_text('{"levels": [1, 2]}'))
+def test_the_recipe_reads_a_damaged_probe_through_the_check(tmp_path):
+    # the code path that parsed probe.json into a JSONDecodeError
+    from sft_knowledge.config import Config
+    from sft_knowledge.recipe import BaseModel, Data, mastery_levels, probe_spec
+    cfg, data, base = Config(), Data(None, None, None), BaseModel("base", {"base": 1}, None, None, True)
+    cache = Cache(tmp_path)
+    path, _ = cache.get_or_build("probe", probe_spec(cfg, data, base), lambda tmp: (tmp / "probe.json").write_text('{"levels": [1, 2]}'))
     (path / "probe.json").write_text('{"levels": [1, 2}}')
     _new_process()
     with pytest.raises(CacheError, match=f"cache entry {path} is corrupt: probe.json"):
-        load_mastery(cache, spec, None, None, None, None)  # a hit: the probe itself (None model) never runs
+        mastery_levels(cfg, cache, data, base)  # a hit: the probe itself (no model) never runs
 
 
 def test_size_mode_hashes_small_files_and_checks_big_ones_by_size(tmp_path, monkeypatch):

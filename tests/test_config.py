@@ -21,7 +21,7 @@ def test_every_group_option_composes_and_validates(group):
 
 def test_defaults_are_the_papers():
     cfg = _compose()
-    assert (cfg.mastery.n_map, cfg.mastery.n_sample, cfg.mastery.temperature, cfg.mastery.max_new_tokens) == (21, 10, 0.7, 32)
+    assert (cfg.probe.n_map, cfg.probe.n_sample, cfg.probe.temperature, cfg.probe.max_new_tokens) == (21, 10, 0.7, 32)
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.eval.max_new_tokens, cfg.kl.top_k, cfg.kl.level) == (1.0, 8, 16, 10, 4)
     assert cfg.restore.ratios == [0, 1, 3, 5, 10, 20, 40, 60] and cfg.restore.region == "transformer"
 
@@ -38,11 +38,11 @@ def test_mastery_option_selects_bucket():
         ("restore.ratios=[0,150]", "restore.ratios=150 is not allowed: expected percentages in [0, 100]"),
         ("restore.ratios=[-1]", "restore.ratios=-1 is not allowed"),
         ("restore.strategy=best", "restore.strategy='best' is not allowed: expected top, bottom, random"),
-        ("mastery.estimator=guess", "mastery.estimator='guess' is not allowed: expected sampling, likelihood"),
-        ("mastery.backend=tgi", "mastery.backend='tgi' is not allowed: expected hf, vllm"),
+        ("probe.estimator=guess", "probe.estimator='guess' is not allowed: expected sampling, likelihood"),
+        ("probe.backend=tgi", "probe.backend='tgi' is not allowed: expected hf, vllm"),
         ("resources.weight_copies=disk", "resources.weight_copies='disk' is not allowed: expected device, cpu"),
-        ("mastery.backend=vllm mastery.estimator=likelihood",
-         "mastery.backend=vllm only samples: use mastery.estimator=sampling, or mastery.backend=hf for mastery.estimator=likelihood"),
+        ("probe.backend=vllm probe.estimator=likelihood",
+         "probe.backend=vllm only samples: use probe.estimator=sampling, or probe.backend=hf for probe.estimator=likelihood"),
         ("kl.level=5", "kl.level=5 is not allowed: expected 0..4"),
         ("kl.answer_within_tokens=0", "kl.answer_within_tokens=0 is not allowed: expected a positive integer or null (no filter)"),
         ("kl.answer_within_tokens=true", "kl.answer_within_tokens=True is not allowed"),

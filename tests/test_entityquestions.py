@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from sft_knowledge.cache import Cache
+from sft_knowledge.config import ARCHIVE_SHA256, EntityQuestionsConfig
 from sft_knowledge.data import entityquestions as eq
 from sft_knowledge.data.facts import is_correct
-from sft_knowledge.data.sampling import DataError
+from sft_knowledge.errors import DataError
 
 REFERENCE = eq.default_root().parent.parent / "reference"  # ../shared/reference beside the data
 
@@ -22,7 +23,7 @@ def _real_root() -> Path:
 
 
 def test_paper_filter_gives_the_papers_split_sizes():
-    kb = eq.load_entityquestions(eq.EntityQuestionsConfig(root=_real_root()))
+    kb = eq.load_entityquestions(EntityQuestionsConfig(root=_real_root()))
     assert {s: len(f) for s, f in kb.splits.items()} == {"train": 75_944, "test": 9_555, "testood": 11_613}
     per_rel = {r: sum(f.relation == r for f in kb.splits["train"]) for r in eq.IN_DOMAIN}
     assert per_rel == {"P17": 7953, "P19": 7988, "P20": 7981, "P36": 6642, "P69": 6760, "P131": 7682, "P159": 7949,
@@ -83,7 +84,7 @@ def test_quirks_are_handled_as_the_data_readme_says(tmp_path):
                             q("Where is Two Answers located?", "A", "B")],
         ("P276", "train"): [q("Where is Lyon located?", "Rhone"), q("Where is Maria  Elena located?", "Italy")],
     })
-    kb = eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+    kb = eq.load_entityquestions(EntityQuestionsConfig(root=root))
     train = {(f.relation, f.subject): f.object for f in kb.splits["train"]}
     assert train[("P131", "Lyon")] == "France" and ("P276", "Lyon") not in train  # one question under two relations: the first
     assert train[("P131", "Bromseback")] == "Sweden"  # soft hyphens dropped
@@ -93,8 +94,8 @@ def test_quirks_are_handled_as_the_data_readme_says(tmp_path):
 
 
 def test_the_later_json_array_layout_reads_the_same(tmp_path):
-    a = eq.load_entityquestions(eq.EntityQuestionsConfig(root=_mini_root(tmp_path / "a", {})))
-    b = eq.load_entityquestions(eq.EntityQuestionsConfig(root=_mini_root(tmp_path / "b", {}, suffix=".json")))
+    a = eq.load_entityquestions(EntityQuestionsConfig(root=_mini_root(tmp_path / "a", {})))
+    b = eq.load_entityquestions(EntityQuestionsConfig(root=_mini_root(tmp_path / "b", {}, suffix=".json")))
     assert a.splits == b.splits and len(a.splits["train"]) == 10
 
 
@@ -108,7 +109,7 @@ def test_dirty_data_names_file_and_line(tmp_path, bad, message):
     good = json.dumps({"question": "Where was Y born?", "answers": ["Oslo"]})
     root = _mini_root(tmp_path, {("P19", "train"): [good, bad]})
     with pytest.raises(DataError) as err:
-        eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+        eq.load_entityquestions(EntityQuestionsConfig(root=root))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -118,32 +119,32 @@ def test_an_empty_relation_file_is_an_error_naming_it(tmp_path, suffix):
     root = _mini_root(tmp_path, {("P19", "train"): []}, suffix=suffix)
     assert (root / "train" / f"P19.train{suffix}").read_text().strip() in ("", "[\n\n]")
     with pytest.raises(DataError) as err:
-        eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+        eq.load_entityquestions(EntityQuestionsConfig(root=root))
     assert str(err.value).startswith(f"{root / 'train' / f'P19.train{suffix}'}: relation P19 has no records (empty file)")
     assert "\n" not in str(err.value)
     (root / "train" / f"P19.train{suffix}").write_text("")  # the shell's `: > file`: zero bytes
     if suffix == ".jsonl":
         with pytest.raises(DataError, match="P19.train.jsonl: relation P19 has no records"):
-            eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+            eq.load_entityquestions(EntityQuestionsConfig(root=root))
 
 
 def test_a_relation_left_empty_by_the_one_answer_filter_is_an_error(tmp_path):
     two = json.dumps({"question": "Where was X born?", "answers": ["Rome", "Roma"]})
     root = _mini_root(tmp_path, {("P19", "test"): [two, two]})
     with pytest.raises(DataError) as err:
-        eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+        eq.load_entityquestions(EntityQuestionsConfig(root=root))
     assert str(err.value).startswith(f"{root / 'test' / 'P19.test.jsonl'}: none of relation P19's 2 records has exactly one answer")
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):
     with pytest.raises(DataError) as err:
-        eq.load_entityquestions(eq.EntityQuestionsConfig(root=tmp_path / "nowhere"))
-    assert f"EntityQuestions not found at {tmp_path / 'nowhere'}" in str(err.value) and "data.root" in str(err.value)
+        eq.load_entityquestions(EntityQuestionsConfig(root=tmp_path / "nowhere"))
+    assert f"EntityQuestions not found at {tmp_path / 'nowhere'}" in str(err.value) and "data.entityquestions.root" in str(err.value)
     assert "\n" not in str(err.value)
     root = _mini_root(tmp_path / "partial", {})
     (root / "test" / "P800.test.jsonl").unlink()
     with pytest.raises(DataError, match="P800.test.jsonl is missing"):
-        eq.load_entityquestions(eq.EntityQuestionsConfig(root=root))
+        eq.load_entityquestions(EntityQuestionsConfig(root=root))
 
 
 def _zip_of(root: Path, archive: Path) -> str:
@@ -156,7 +157,7 @@ def _zip_of(root: Path, archive: Path) -> str:
 
 @pytest.fixture
 def no_local_copy(tmp_path, monkeypatch):
-    """Neither data.root, $SFT_KNOWLEDGE_EQ_ROOT nor ../shared holds the data: the run falls back to the archive."""
+    """Neither data.entityquestions.root, $SFT_KNOWLEDGE_EQ_ROOT nor ../shared holds the data: the run falls back to the archive."""
     monkeypatch.delenv(eq.ROOT_ENV, raising=False)
     monkeypatch.setattr(eq, "DEFAULT_ROOT", tmp_path / "shared" / "entityquestions")
 
@@ -164,17 +165,17 @@ def no_local_copy(tmp_path, monkeypatch):
 def test_missing_data_is_fetched_once_into_the_cache_and_checked(tmp_path, no_local_copy, monkeypatch):
     source = _mini_root(tmp_path / "upstream", {}, suffix=".json")
     url = _zip_of(source, tmp_path / "dataset.zip")
-    cfg = eq.EntityQuestionsConfig(url=url, sha256=eq.content_sha256(source))
+    cfg = EntityQuestionsConfig(url=url, sha256=eq.content_sha256(source))
     cache = Cache(tmp_path / "cache")
     root = eq.resolve_root(cfg, cache)
     assert root.parent.parent == tmp_path / "cache" / "dataset" and (root.parent / "DONE.json").is_file()
-    assert eq.load_entityquestions(cfg, root).splits == eq.load_entityquestions(eq.EntityQuestionsConfig(root=source)).splits
+    assert eq.load_entityquestions(cfg, root).splits == eq.load_entityquestions(EntityQuestionsConfig(root=source)).splits
     assert not list(root.parent.rglob("*.zip"))  # the archive is not kept, only its content
     downloads = []
     monkeypatch.setattr(eq.urllib.request, "urlopen", lambda *a, **k: downloads.append(a))
     assert eq.resolve_root(cfg, cache) == root and downloads == []  # the second run reuses the entry
     missing = tmp_path / "not_here"  # a named folder that is missing also falls back to the cached archive
-    assert eq.resolve_root(eq.EntityQuestionsConfig(root=missing, url=url, sha256=cfg.sha256), cache) == root
+    assert eq.resolve_root(EntityQuestionsConfig(root=missing, url=url, sha256=cfg.sha256), cache) == root
     assert not missing.exists() and downloads == []
 
 
@@ -182,10 +183,10 @@ def test_an_archive_with_other_content_is_refused_and_nothing_is_cached(tmp_path
     source = _mini_root(tmp_path / "upstream", {})
     url = _zip_of(source, tmp_path / "dataset.zip")
     with pytest.raises(DataError) as err:
-        eq.resolve_root(eq.EntityQuestionsConfig(url=url), Cache(tmp_path / "cache"))
+        eq.resolve_root(EntityQuestionsConfig(url=url), Cache(tmp_path / "cache"))
     actual = eq.content_sha256(source)
-    assert str(err.value) == (f"{url}: its train and test records have SHA-256 {actual}, expected data.sha256={eq.ARCHIVE_SHA256}; "
-                              f"nothing was kept (set data.sha256={actual} to accept this archive)")
+    assert str(err.value) == (f"{url}: its train and test records have SHA-256 {actual}, expected data.entityquestions.sha256={ARCHIVE_SHA256}; "
+                              f"nothing was kept (set data.entityquestions.sha256={actual} to accept this archive)")
     assert [p.name for p in (tmp_path / "cache" / "dataset").iterdir() if not p.name.endswith(".lock")] == []
 
 
@@ -194,12 +195,12 @@ def test_no_network_says_where_to_put_the_files(tmp_path, no_local_copy):
         closed.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{closed.getsockname()[1]}/dataset.zip"
         with pytest.raises(DataError) as err:
-            eq.resolve_root(eq.EntityQuestionsConfig(url=url), Cache(tmp_path / "cache"))
+            eq.resolve_root(EntityQuestionsConfig(url=url), Cache(tmp_path / "cache"))
     message = str(err.value)
     assert message.startswith(f"EntityQuestions: cannot download {url} (") and "\n" not in message
-    assert message.endswith(f"put the upstream train/ and test/ folders in {eq.DEFAULT_ROOT}, or point data.root or ${eq.ROOT_ENV} at them")
+    assert message.endswith(f"put the upstream train/ and test/ folders in {eq.DEFAULT_ROOT}, or point data.entityquestions.root or ${eq.ROOT_ENV} at them")
     assert [p.name for p in (tmp_path / "cache" / "dataset").iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_the_pinned_checksum_is_that_of_the_full_copy():
-    assert eq.content_sha256(_real_root()) == eq.ARCHIVE_SHA256
+    assert eq.content_sha256(_real_root()) == ARCHIVE_SHA256

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 # Small enough for CI on 2 cores: 60 candidates per split pre-screened, 8 kept, probed 3 x 3.
 SMALL = ("data.size=8", "data.subset.candidates=60", "data.subset.keep=8", "data.subset.n_map=2",
-         "mastery.n_map=3", "mastery.n_sample=3", "restore.ratios=[0,5,40]")
+         "probe.n_map=3", "probe.n_sample=3", "restore.ratios=[0,5,40]")
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,16 @@ from conftest import compose_config
 from sft_knowledge.cache import Cache
 from sft_knowledge.data.facts import KnowledgeBase
 from sft_knowledge.models import build_tiny_world, load
-from sft_knowledge.pipeline import load_world
-from sft_knowledge.probe import ProbeConfig, probe
+from sft_knowledge.config import ProbeConfig
+from sft_knowledge.data.synthetic import build_world
+from sft_knowledge.probe import probe
 
 pytestmark = pytest.mark.slow
 
 
 def test_sampling_and_likelihood_put_facts_in_the_same_levels(smoke_cache):
     cfg = compose_config("experiment=smoke", f"paths.cache_dir={smoke_cache}")
-    world = load_world(cfg)
+    world = build_world(cfg.data.world)
     path, hit = build_tiny_world(Cache(smoke_cache), world, cfg.model.pretrain, cfg.data.world)
     assert hit
     model, tokenizer = load(path)

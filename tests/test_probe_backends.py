@@ -115,12 +115,12 @@ def test_vllm_and_hf_backends_give_the_hand_computed_levels_from_the_same_texts(
 
 
 def test_vllm_backend_is_a_config_choice_validated_before_any_stage(monkeypatch):
-    cfg = compose_config("mastery.backend=vllm")
-    assert cfg.mastery.backend == "vllm" and compose_config().mastery.backend == "hf"
+    cfg = compose_config("probe.backend=vllm")
+    assert cfg.probe.backend == "vllm" and compose_config().probe.backend == "hf"
     monkeypatch.setitem(sys.modules, "vllm", None)  # not installed: find_spec answers None, import fails
     with pytest.raises(ConfigError) as err:
         validate(cfg)
-    assert str(err.value) == "mastery.backend=vllm needs the vllm package: `pip install vllm` on a GPU node, or use mastery.backend=hf"
+    assert str(err.value) == "probe.backend=vllm needs the vllm package: `pip install vllm` on a GPU node, or use probe.backend=hf"
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm({}))
     validate(cfg)
 
@@ -128,10 +128,10 @@ def test_vllm_backend_is_a_config_choice_validated_before_any_stage(monkeypatch)
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_without_vllm_the_run_stops_in_one_line_and_writes_no_result(tmp_path):
-    proc = run_cli("mastery.backend=vllm", output_dir=tmp_path, check=False)
+    proc = run_cli("probe.backend=vllm", output_dir=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == ("error: mastery.backend=vllm needs the vllm package: "
-                                                    "`pip install vllm` on a GPU node, or use mastery.backend=hf")
+    assert proc.stderr.strip().splitlines()[-1] == ("error: probe.backend=vllm needs the vllm package: "
+                                                    "`pip install vllm` on a GPU node, or use probe.backend=hf")
     assert not list(tmp_path.rglob("results.json")) and not (tmp_path / "cache").exists()
 
 

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge import restore
-from sft_knowledge.pipeline import weight_copy
+from sft_knowledge.recipe import weight_copy
 from sft_knowledge.restore import (
     REGIONS,
     SCOPES,
@@ -224,7 +224,7 @@ def tied_pair() -> tuple[LlamaForCausalLM, dict, dict]:
 @pytest.mark.parametrize("copies", ["shared", "cloned_per_key"])
 def test_tied_embeddings_counted_and_restored_once(copies):
     model, base, ft = tied_pair()
-    if copies == "cloned_per_key":  # what pipeline.weight_copy does: the sharing is lost, the values stay equal
+    if copies == "cloned_per_key":  # what recipe.weight_copy does: the sharing is lost, the values stay equal
         base, ft = ({n: t.clone() for n, t in state.items()} for state in (base, ft))
     ft_values = {n: t.clone() for n, t in ft.items()}
     emb = base["model.embed_tokens.weight"].numel()

@@ -4,7 +4,8 @@ from collections import Counter
 import pytest
 
 from sft_knowledge.data.facts import Fact
-from sft_knowledge.data.sampling import DataError, balanced_subset, bucket_facts
+from sft_knowledge.errors import DataError
+from sft_knowledge.data.sampling import balanced_subset, bucket_facts
 
 
 def _facts(per_relation: dict[str, int]) -> list[Fact]:

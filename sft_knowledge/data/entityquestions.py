@@ -24,38 +24,23 @@ import re
 import shutil
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..cache import Cache
+from ..config import EntityQuestionsConfig
+from ..errors import DataError
 from .facts import Fact, KnowledgeBase, Relation
-from .sampling import DataError
-
-if TYPE_CHECKING:  # cache.py imports config.py, which imports this module
-    from ..cache import Cache
 
 IN_DOMAIN = ("P17", "P19", "P20", "P36", "P69", "P131", "P159", "P276", "P495", "P740")
 OUT_OF_DOMAIN = ("P112", "P127", "P170", "P175", "P176", "P26", "P40", "P413", "P50", "P136", "P106", "P264", "P407", "P800")
-PAPER_SIZES = {"train": 75_944, "test": 9_555, "testood": 11_613}
 HERE = Path(__file__).resolve().parent
 TEMPLATES_FILE = HERE / "entityquestions_templates.json"  # 21 per relation, the paper's marked
 ALIASES_FILE = HERE / "entityquestions_aliases.json"  # the paper's synonym table (App. F.1, Table 12)
 DEFAULT_ROOT = HERE.parent.parent.parent / "shared" / "data" / "entityquestions"  # ../shared beside the project
-ROOT_ENV = "SFT_KNOWLEDGE_EQ_ROOT"  # overrides DEFAULT_ROOT when data.root is unset
+ROOT_ENV = "SFT_KNOWLEDGE_EQ_ROOT"  # overrides DEFAULT_ROOT when data.entityquestions.root is unset
 UPSTREAM = "https://github.com/princeton-nlp/EntityQuestions (dataset.zip, or commit 409520a for the .jsonl files)"
-ARCHIVE_URL = "https://nlp.cs.princeton.edu/projects/entity-questions/dataset.zip"
-# content_sha256 of the full copy in ../shared/data/entityquestions (commit 409520a, whose records the later
-# .json files repeat one for one); the archive itself has no published checksum.
-ARCHIVE_SHA256 = "dfea33bac9f0d46b638be0915ee614fc5bca9fa5007ea0a9531316dbfb409217"
 _SPACES = re.compile(r"\s+")
-
-
-@dataclass
-class EntityQuestionsConfig:
-    root: Any = None  # folder holding train/ and test/ (None: $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions, else url)
-    aliases_file: Any = None  # a JSON file {gold object: [synonyms]} added to the paper's synonym table
-    url: str = ARCHIVE_URL  # the archive fetched into the cache when no copy is found (root unset)
-    sha256: str = ARCHIVE_SHA256  # content_sha256 the fetched archive must have
 
 
 def clean(text: str) -> str:
@@ -76,10 +61,10 @@ def load_aliases(extra: str | Path | None = None) -> dict[str, list[str]]:
         try:
             user = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise DataError(f"data.aliases_file={path}: cannot read it as JSON ({str(err).splitlines()[0]})") from None
+            raise DataError(f"data.entityquestions.aliases_file={path}: cannot read it as JSON ({str(err).splitlines()[0]})") from None
         user = user.get("aliases", user) if isinstance(user, dict) else user
         if not isinstance(user, dict) or not all(isinstance(v, list) and all(isinstance(s, str) for s in v) for v in user.values()):
-            raise DataError(f"data.aliases_file={path}: expected a JSON object {{gold object: [synonym, ...]}}")
+            raise DataError(f"data.entityquestions.aliases_file={path}: expected a JSON object {{gold object: [synonym, ...]}}")
         for obj, syns in user.items():
             aliases[obj] = list(dict.fromkeys(aliases.get(obj, []) + syns))
     return aliases
@@ -181,7 +166,7 @@ def fetch(cache: Cache, url: str, sha256: str, wanted: Path) -> Path:
                 shutil.copyfileobj(response, out)
         except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors; ValueError: not a URL
             raise DataError(f"EntityQuestions: cannot download {url} ({getattr(err, 'reason', err)}); put the upstream "
-                            f"train/ and test/ folders in {wanted}, or point data.root or ${ROOT_ENV} at them") from None
+                            f"train/ and test/ folders in {wanted}, or point data.entityquestions.root or ${ROOT_ENV} at them") from None
         try:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(unpacked)  # zipfile drops absolute paths and '..' from member names
@@ -194,8 +179,8 @@ def fetch(cache: Cache, url: str, sha256: str, wanted: Path) -> Path:
             raise DataError(f"{url}: no train/P17.train.json(l) with a test/ beside it in the archive")
         actual = content_sha256(root)
         if actual != sha256:
-            raise DataError(f"{url}: its train and test records have SHA-256 {actual}, expected data.sha256={sha256}; "
-                            f"nothing was kept (set data.sha256={actual} to accept this archive)")
+            raise DataError(f"{url}: its train and test records have SHA-256 {actual}, expected data.entityquestions.sha256={sha256}; "
+                            f"nothing was kept (set data.entityquestions.sha256={actual} to accept this archive)")
         os.replace(root, tmp / "entityquestions")
         shutil.rmtree(unpacked)
 
@@ -209,15 +194,15 @@ def default_root() -> Path:
 
 
 def resolve_root(cfg: EntityQuestionsConfig, cache: Cache | None = None) -> Path:
-    """data.root, else $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions; where that folder is missing
-    (and a cache is given), the archive at data.url fetched into the cache. The named folder is never written."""
+    """data.entityquestions.root, else $SFT_KNOWLEDGE_EQ_ROOT, else ../shared/data/entityquestions; where that folder is missing
+    (and a cache is given), the archive at data.entityquestions.url fetched into the cache. The named folder is never written."""
     path = Path(cfg.root) if cfg.root is not None else default_root()
     if _has_splits(path):
         return path
     if cache is not None:
         return fetch(cache, cfg.url, cfg.sha256, path)
     raise DataError(f"EntityQuestions not found at {path}: put the upstream train/ and test/ folders "
-                    f"(P<id>.<split>.jsonl or .json) there, or set data.root; source: {UPSTREAM}")
+                    f"(P<id>.<split>.jsonl or .json) there, or set data.entityquestions.root; source: {UPSTREAM}")
 
 
 def load_entityquestions(cfg: EntityQuestionsConfig, root: Path | None = None) -> KnowledgeBase:

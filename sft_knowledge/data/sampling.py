@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import random
 
+from ..errors import DataError
 from .facts import Fact
-
-
-class DataError(ValueError):
-    """The data cannot serve the request; the message is one line."""
 
 
 def bucket_facts(facts: list[Fact], levels: list[int], bucket: str) -> list[Fact]:

@@ -16,6 +16,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from ..config import SyntheticWorldConfig
 from .facts import Fact, KnowledgeBase, Relation
 
 # Seven short frames x three phrasings per relation = the 21 mapping templates of a relation.
@@ -67,21 +68,6 @@ _OCCUPATIONS = (
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "br", "dr", "kr", "st", "tr")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
 _CODAS = ("", "", "", "n", "r", "l", "s", "m")
-
-
-@dataclass
-class SyntheticWorldConfig:
-    seed: int = 0
-    n_train: int = 20000  # in-domain facts for training buckets
-    n_test: int = 1500  # in-domain facts held out for testing
-    n_testood: int = 1500  # facts of the out-of-domain relations
-    n_bridge_per_relation: int = 300  # facts outside every split, also seen as QA text (extractability)
-    bridge_statements: int = 8
-    bridge_questions: int = 4
-    exposure_zero_frac: float = 0.1  # facts never stated in the corpus
-    exposure_min: int = 20  # the others are stated round(exp(U(ln min, ln max))) times (log-uniform)
-    exposure_max: int = 64
-    pool_scale: float = 1.0  # object pool sizes x this
 
 
 def relations() -> dict[str, Relation]:

@@ -1,0 +1,402 @@
+"""The experiment of Ye et al. (EMNLP 2025) for one configuration, as a recipe of stage calls.
+
+    data -> base model -> (pre-screened subset) -> mastery levels D-0..D-4 -> SFT subset -> fine-tune
+    -> accuracy per level -> token-level KL -> parameter restoration -> RunResult
+
+`run_experiment` reads top to bottom; each step below it takes typed inputs and returns a typed output, and the
+steps that go through the content-addressed cache build their key in one place (`probe_spec`, `sft_spec`). Heavy
+products (base model, probe levels, fine-tuned weights with their training curves) are cached, so the cells of a
+sweep share them and nothing is computed twice; evaluation, KL and restoration are cheap next to them and are
+recomputed from the cached weights. W&B is written to between steps, never from inside one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import Cache, digest
+from .config import Config, Effective, effective
+from .data import entityquestions
+from .data.facts import EVAL_SPLITS, SPLITS, Fact, KnowledgeBase, is_correct
+from .data.sampling import balanced_subset, bucket_facts
+from .data.synthetic import SyntheticWorld, build_world
+from .decoding import next_token_logits, qa_prompt
+from .errors import ConfigError, DataError, Interrupted, ModelError
+from .evaluate import answer_hits, accuracy, level_subsets
+from .fsdp import sft_fsdp
+from .kl import AnswerFilter, early_answers, kl_stats, missing_reason, topk_renormalised_kl
+from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, smollm2_spec, tiny_world_spec
+from .prescreen import facts_from_json, facts_to_json, prescreen
+from .probe import ProbeResult, probe
+from .restore import restore_into, restore_layers, select_thresholds
+from .results import Accuracies, BlockPoint, KLSummary, RestorePoint, RunResult
+from .tracking import Tracker
+from .train import SFTJob, TrainLog, attach_lora, merge_lora, sft
+
+UPDATE_SHARE_RATIOS = (1, 3, 5, 10, 20, 40, 60)  # paper Table 3
+PREDICTION_COLUMNS = ["split", "level", "relation", "question", "answer", "prediction", "correct"]
+
+
+def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> RunResult:
+    """Run every stage for `cfg`, logging through `tracker`; the result's accuracies are in percent."""
+    timer = Timer()
+    with timer("world"):
+        data = load_data(cfg, cache)
+    with timer("base_model"):
+        base = load_base_model(cfg, cache, data)
+    if data.spec is not None and cfg.data.subset.candidates is not None:
+        with timer("prescreen"):
+            data = prescreened(cfg, cache, data, base)
+    with timer("probe"):
+        mastery = mastery_levels(cfg, cache, data, base)
+    train_facts = sft_subset(cfg, data.kb, mastery.levels)
+    eval_sets = {split: level_subsets(data.kb.splits[split], mastery.levels.level[split], cfg.eval.max_per_level, cfg.eval.seed)
+                 for split in EVAL_SPLITS}
+    with timer("kl"):  # on the base model, while it is in memory: its kept facts serve the KL curve and the final KL
+        kl_ref = kl_reference(cfg, data.kb, mastery.levels, base)
+    with timer("sft"):
+        tuned = fine_tune(cfg, cache, effective(cfg), base, mastery, train_facts, kl_ref)
+    log_training(tracker, tuned.log)
+    with timer("evaluate"):
+        judged = judge(cfg, data.kb, tuned, eval_sets, train_facts)
+    with timer("kl"):
+        kl = kl_stats(kl_ref.kl(tuned.model, tuned.tokenizer))
+    log_evaluation(tracker, cfg, data.kb, eval_sets, judged, kl, len(tuned.log.loss))
+    with timer("restore"):
+        restore, update_share = restoration_sweep(cfg, tracker, tuned, judged, lambda: judge(cfg, data.kb, tuned, eval_sets, train_facts))
+        blocks = layer_blocks(cfg, tuned, lambda: judge(cfg, data.kb, tuned, eval_sets, []).acc)
+    return RunResult(
+        run_key="", config={}, level_counts=mastery.counts, prescreen_counts=data.prescreen_counts,
+        n_train_facts=len(train_facts), acc=judged.acc, acc_train=judged.acc_train, kl_level=cfg.kl.level, kl=kl,
+        kl_missing=None if kl is not None else missing_reason(cfg.kl.level, kl_ref.answer_filter),
+        kl_filter=kl_ref.answer_filter.record(), kl_curve=tuned.log.events, restore=restore, restore_blocks=blocks,
+        update_share=update_share, train_loss=tuned.log.loss, sft_resumed_at=tuned.log.resumed_at,
+        cache_hits={"base_model": base.hit, **data.hits, "probe": mastery.hit, "sft": tuned.hit}, timings=timer.seconds)
+
+
+@dataclass
+class Timer:
+    """Seconds per stage (results.json: timings); an interruption names the stage it stopped."""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.time()
+        try:
+            yield
+        except Interrupted as stop:  # Ctrl-C or SIGTERM: the message names the stage it stopped
+            stop.stage = stop.stage or stage
+            raise
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.time() - start, 2)
+
+
+# --- data and the base model ---------------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    kb: KnowledgeBase
+    world: SyntheticWorld | None  # the synthetic world (its corpus pretrains tiny_world), or None for a real dataset
+    spec: dict | None  # what identifies a real dataset in cache keys (a synthetic world is in its base model's spec)
+    prescreen_counts: dict[str, list[int]] | None = None
+    hits: dict[str, bool] = field(default_factory=dict)  # the pre-screen's cache hit
+
+
+def load_data(cfg: Config, cache: Cache) -> Data:
+    """The synthetic world is regenerated from its seed (well under a second), so it needs no cache entry.
+    EntityQuestions missing everywhere is fetched into the cache."""
+    if cfg.model.source == "tiny_world" and cfg.data.name != "synthetic":
+        raise ConfigError(f"model=tiny_world is pretrained on the synthetic world; with data={cfg.data.name} choose a real model, e.g. model=smollm2_135m")
+    if cfg.data.name == "synthetic":
+        world = build_world(cfg.data.world)
+        return Data(world.kb, world, None)
+    root = entityquestions.resolve_root(cfg.data.entityquestions, cache)
+    kb = entityquestions.load_entityquestions(cfg.data.entityquestions, root)
+    spec = {
+        "name": cfg.data.name, "root": str(root.resolve()),
+        "sizes": {split: len(facts) for split, facts in kb.splits.items()},
+        "templates": digest([r.mapping_templates for r in kb.relations.values()]), "aliases": digest(kb.aliases),
+    }
+    return Data(kb, None, spec)
+
+
+@dataclass
+class BaseModel:
+    path: str | Path  # weights directory or hub id
+    spec: dict  # what identifies it in cache keys
+    model: Any
+    tokenizer: Any
+    hit: bool
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights as they were, for restoration
+
+
+def load_base_model(cfg: Config, cache: Cache, data: Data) -> BaseModel:
+    m = cfg.model
+    if m.n_gpus > 1 and torch.cuda.device_count() < m.n_gpus:
+        raise ModelError(f"model={m.name} needs {m.n_gpus} GPUs in one job (model.n_gpus); this machine has {torch.cuda.device_count()}")
+    if m.source == "tiny_world":
+        path, hit = build_tiny_world(cache, data.world, m.pretrain, cfg.data.world)
+        spec = tiny_world_spec(m.pretrain, cfg.data.world)
+    elif m.source == "smollm2_gguf":
+        (path, hit), spec = build_smollm2(cache), smollm2_spec()
+    else:
+        path, hit = hub_source(m.hub_id, m.path), True
+        check_hub_access(path, m.name)
+        spec = {"source": "hub", "id": path, "dtype": m.dtype}
+    model, tokenizer = load(path, m.dtype, spread=m.n_gpus > 1)
+    return BaseModel(path, spec, model, tokenizer, hit)
+
+
+def prescreened(cfg: Config, cache: Cache, data: Data, base: BaseModel) -> Data:
+    """The pre-screened probe subset (data.subset) of a real dataset, through the cache, with its level counts."""
+    sub = cfg.data.subset
+    spec = {**data.spec, "base": base.spec, "subset": asdict(sub), "seed": cfg.data.seed, "temperature": cfg.probe.temperature}
+
+    def build(tmp: Path) -> None:
+        kept, counts = prescreen(base.model, base.tokenizer, data.kb, sub.candidates, sub.keep, sub.n_map, cfg.probe.temperature, cfg.data.seed)
+        (tmp / "subset.json").write_text(json.dumps({"facts": facts_to_json(kept), "prescreen_counts": counts}))
+
+    path, hit = cache.get_or_build("prescreen", spec, build)
+    subset = json.loads((path / "subset.json").read_text())
+    return Data(facts_from_json(data.kb, subset["facts"]), None, spec, subset["prescreen_counts"], {"prescreen": hit})
+
+
+# --- stage 1: mastery levels and the SFT subset ----------------------------------------------------------------------
+
+@dataclass
+class Mastery:
+    levels: ProbeResult
+    spec: dict  # the probe's cache key: SFT's key builds on it
+    hit: bool
+
+    @property
+    def counts(self) -> dict[str, list[int]]:
+        return {split: self.levels.counts(split) for split in SPLITS}
+
+
+def probe_spec(cfg: Config, data: Data, base: BaseModel) -> dict:
+    # The bucket is not in it: one probe serves all buckets. `levels` names the rule that turns hits into levels,
+    # so probes cached under the old float rule (exactly half the hits could land in D-3) are not reused.
+    spec = {"base": base.spec, "probe": asdict(cfg.probe), "levels": "integer hit counts"}
+    return spec | ({"data": data.spec} if data.spec is not None else {})
+
+
+def mastery_levels(cfg: Config, cache: Cache, data: Data, base: BaseModel) -> Mastery:
+    def build(tmp: Path) -> None:
+        (tmp / "probe.json").write_text(json.dumps(asdict(probe(base.model, base.tokenizer, data.kb, cfg.probe))))
+
+    spec = probe_spec(cfg, data, base)
+    path, hit = cache.get_or_build("probe", spec, build)
+    return Mastery(ProbeResult(**json.loads((path / "probe.json").read_text())), spec, hit)
+
+
+def sft_subset(cfg: Config, kb: KnowledgeBase, levels: ProbeResult) -> list[Fact]:
+    """`data.size` train facts of the bucket `mastery.bucket`, balanced over relations (paper §3.4)."""
+    bucket = bucket_facts(kb.splits["train"], levels.level["train"], cfg.mastery.bucket)
+    try:
+        return balanced_subset(bucket, cfg.data.size, cfg.data.seed)
+    except DataError as err:
+        counts = ", ".join(f"D-{lv} {n}" for lv, n in enumerate(levels.counts("train")))
+        raise DataError(f"{err} (mastery={cfg.mastery.bucket}; train levels: {counts})") from None
+
+
+# --- stage 4's reference: the base model's side of the KL ------------------------------------------------------------
+
+@dataclass
+class KLReference:
+    """The facts of D_test-<kl.level> the KL is measured on and the base model's logits for them (paper §4.1).
+    Picklable: the FSDP workers measure the KL curve with it."""
+    ft_prompts: list[str]  # what the fine-tuned model is asked
+    base_prompts: list[str]  # what the base model completes
+    base_logits: torch.Tensor
+    top_k: int
+    curve_points: int
+    answer_filter: AnswerFilter
+
+    def kl(self, model, tokenizer) -> torch.Tensor:
+        if not self.ft_prompts:
+            return torch.empty(0)
+        return topk_renormalised_kl(next_token_logits(model, tokenizer, self.ft_prompts), self.base_logits, self.top_k)
+
+    def curve(self, model, tokenizer, step: int, total: int) -> dict | None:
+        """SFTJob.curve: the mean KL after `curve_points` evenly spaced optimizer steps (the KL curve)."""
+        if not (self.ft_prompts and step in curve_steps(total, self.curve_points)):
+            return None
+        kl_mean = self.kl(model, tokenizer).mean().item()
+        model.train()
+        return {"kl_mean": kl_mean}
+
+    def spec(self) -> dict | None:
+        """What the KL curve measured during SFT depends on, for SFT's cache key: the prompts (the base logits follow
+        from them and the base model, already in the key), top-k and the points. None without a curve."""
+        if self.curve_points == 0 or not self.ft_prompts:
+            return None
+        return {"prompts": digest([self.ft_prompts, self.base_prompts]), "top_k": self.top_k, "points": self.curve_points}
+
+
+def kl_reference(cfg: Config, kb: KnowledgeBase, levels: ProbeResult, base: BaseModel) -> KLReference:
+    """The fine-tuned model is asked the question; the base model completes its best mapping template per relation
+    (paper §4.1), or the question with kl.base_prompt=qa. Only facts whose answer the base model writes early count."""
+    facts = level_subsets(kb.splits["test"], levels.level["test"], cfg.kl.max_facts, cfg.eval.seed)[cfg.kl.level]
+    ft_prompts = [qa_prompt(f.question) for f in facts]
+    if cfg.kl.base_prompt == "qa":
+        base_prompts = ft_prompts
+    else:
+        base_prompts = [kb.relations[f.relation].mapping_templates[levels.best_template(f.relation)].format(subject=f.subject) for f in facts]
+    kept = early_answers(base.model, base.tokenizer, base_prompts, [kb.answers(f) for f in facts], cfg.kl.answer_within_tokens)
+    ft_prompts, base_prompts = [ft_prompts[i] for i in kept.kept], [base_prompts[i] for i in kept.kept]
+    base_logits = next_token_logits(base.model, base.tokenizer, base_prompts) if base_prompts else torch.empty(0)
+    return KLReference(ft_prompts, base_prompts, base_logits, cfg.kl.top_k, cfg.kl.curve_points, kept)
+
+
+def curve_steps(total: int, points: int) -> set[int]:
+    """Optimizer steps after which the KL curve is measured: `points` evenly spaced, the last one included."""
+    return {max(1, round(i * total / points)) for i in range(1, points + 1)} if points > 0 else set()
+
+
+# --- stage 2: fine-tuning --------------------------------------------------------------------------------------------
+
+@dataclass
+class FineTuned:
+    model: Any
+    tokenizer: Any
+    log: TrainLog  # loss and lr per step; events: the KL curve
+    hit: bool
+    base_state: dict[str, torch.Tensor]  # the weights before and after SFT, for restoration
+    state: dict[str, torch.Tensor]
+
+
+def sft_spec(cfg: Config, eff: Effective, mastery: Mastery, kl_ref: KLReference) -> dict:
+    """SFT's cache key: what changes the fine-tuned weights, and what the KL curve measured during SFT depends on
+    (`KLReference.spec`, nothing without a curve). The rest of `kl` and `eval` is not in it: the final KL and the
+    evaluation are recomputed from the cached weights, so sweeping them retrains nothing."""
+    return {"probe": mastery.spec, "bucket": cfg.mastery.bucket, "size": cfg.data.size, "data_seed": cfg.data.seed,
+            "train": asdict(cfg.train), "lr": eff.lr, "micro_batch_size": eff.micro_batch_size, "seed": cfg.seed,
+            "kl_curve": kl_ref.spec()}
+
+
+def weight_copy(model, where: str) -> dict[str, torch.Tensor]:
+    """A copy of the weights, beside them (`device`) or in node memory (`cpu`: resources.weight_copies)."""
+    return {k: v.detach().to("cpu", copy=True) if where == "cpu" else v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fine_tune(cfg: Config, cache: Cache, eff: Effective, base: BaseModel, mastery: Mastery, facts: list[Fact],
+              kl_ref: KLReference) -> FineTuned:
+    base_state = weight_copy(base.model, cfg.resources.weight_copies)
+    spec = sft_spec(cfg, eff, mastery, kl_ref)
+    job = SFTJob(facts, cfg.train, eff.lr, eff.micro_batch_size, cfg.seed, cfg.model.gradient_checkpointing,
+                 checkpoint_dir=cache.work_dir("sft", spec),  # beside the entry: a requeued job resumes this very SFT
+                 checkpoint=cfg.checkpoint, curve=kl_ref.curve)
+    if cfg.train.strategy == "fsdp":
+        base.model = None  # the SFT workers load their own shards: this process's copy would hold GPU memory they need
+        torch.cuda.empty_cache()
+
+    def build(tmp: Path) -> None:
+        if cfg.train.strategy == "fsdp":  # the workers read the base weights themselves; rank 0 saves into tmp
+            log = sft_fsdp(job, base.path, cfg.model.dtype, base.tokenizer, tmp)
+        else:
+            # LoRA trains adapters on top of the base weights; the KL base (its logits) is that model with its adapter disabled.
+            tuned = attach_lora(base.model, cfg.train) if cfg.train.method == "lora" else base.model
+            log = sft(tuned, base.tokenizer, job)
+            # Saved merged: restoration and every later stage read ordinary weights.
+            (merge_lora(tuned) if cfg.train.method == "lora" else tuned).save_pretrained(tmp)
+        base.tokenizer.save_pretrained(tmp)
+        (tmp / "train_log.json").write_text(json.dumps(asdict(log)))
+
+    path, hit = cache.get_or_build("sft", spec, build)
+    model, tokenizer = load(path, cfg.model.dtype, spread=eff.n_gpus > 1)
+    log = TrainLog(**json.loads((path / "train_log.json").read_text()))
+    return FineTuned(model, tokenizer, log, hit, base_state, weight_copy(model, cfg.resources.weight_copies))
+
+
+def log_training(tracker: Tracker, log: TrainLog) -> None:
+    kl_at = {point["step"]: point["kl_mean"] for point in log.events}
+    for step, (loss, step_lr) in enumerate(zip(log.loss, log.lr), start=1):  # W&B steps only increase
+        tracker.log({"train/loss": loss, "train/lr": step_lr} | ({"kl/curve_mean": kl_at[step]} if step in kl_at else {}), step=step)
+
+
+# --- stage 3: accuracy ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Judged:
+    acc: Accuracies
+    acc_train: float | None  # accuracy (%) on the SFT subset itself (paper Table 6); None when not asked
+
+
+def judge(cfg: Config, kb: KnowledgeBase, tuned: FineTuned, eval_sets: dict[str, list[list[Fact]]], train_facts: list[Fact]) -> Judged:
+    acc = {split: accuracy(tuned.model, tuned.tokenizer, kb, eval_sets[split], cfg.eval) for split in EVAL_SPLITS}
+    if not train_facts:
+        return Judged(acc, None)
+    hits = answer_hits(tuned.model, tuned.tokenizer, kb, train_facts, cfg.eval)
+    return Judged(acc, round(100 * sum(hits) / len(hits), 2))
+
+
+def log_evaluation(tracker: Tracker, cfg: Config, kb: KnowledgeBase, eval_sets: dict[str, list[list[Fact]]], judged: Judged,
+                   kl: KLSummary | None, step: int) -> None:
+    kl_final = {f"kl/{k}": getattr(kl, k) for k in ("mean", "median", "p90")} if kl is not None else {}
+    tracker.log(level_metrics("eval", judged.acc) | {"eval/acc_train": judged.acc_train} | kl_final, step=step)  # after the last SFT step
+    if cfg.logger.log_predictions:
+        tracker.table("eval/predictions", PREDICTION_COLUMNS, predictions(kb, eval_sets, judged.acc))
+
+
+def level_metrics(prefix: str, acc: Accuracies) -> dict[str, float]:
+    """Scalars for W&B: `<prefix>/acc_<split>` (macro) and `<prefix>/acc_<split>/D-<level>`; empty levels left out."""
+    out: dict[str, float] = {}
+    for split, a in acc.items():
+        values = {f"{prefix}/acc_{split}": a.acc} | {f"{prefix}/acc_{split}/D-{lv}": x for lv, x in enumerate(a.acc_level)}
+        out |= {k: round(v, 2) for k, v in values.items() if v is not None}
+    return out
+
+
+def predictions(kb: KnowledgeBase, eval_sets: dict[str, list[list[Fact]]], acc: Accuracies) -> list[list[Any]]:
+    """One row per evaluated fact (PREDICTION_COLUMNS): what the fine-tuned model answered, and whether it counts."""
+    rows = []
+    for split, by_level in eval_sets.items():
+        facts = [(lv, f) for lv, fs in enumerate(by_level) for f in fs]
+        for (lv, f), text in zip(facts, acc[split].generations, strict=True):
+            rows.append([split, f"D-{lv}", f.relation, f.question, f.object, text, is_correct(text, kb.answers(f))])
+    return rows
+
+
+# --- stage 5: parameter restoration ----------------------------------------------------------------------------------
+
+def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: Judged, judge_now) -> tuple[list[RestorePoint], dict[str, float]]:
+    """Restore each ratio of restore.ratios and judge the model again (paper §5); also the update shares of
+    Table 3, which come from the global top strategy: with it, one streaming selection serves both."""
+    r = cfg.restore
+    ratios = sorted(set(r.ratios))
+    extra = list(UPDATE_SHARE_RATIOS) if r.strategy == "top" and r.scope == "global" else []
+    selections = select_thresholds(tuned.base_state, tuned.state, sorted(set(ratios + extra)), r.region, r.strategy, r.seed, scope=r.scope)
+    top = selections if extra else select_thresholds(tuned.base_state, tuned.state, list(UPDATE_SHARE_RATIOS), r.region, "top", r.seed)
+    update_share = {str(ratio): round(100 * top[ratio].change_share, 2) for ratio in UPDATE_SHARE_RATIOS}
+    tracker.define_axis("restore/*", "restore/ratio")  # W&B charts restoration against the ratio, not the step
+    points = []
+    for ratio in tqdm(ratios, desc="restoration", disable=len(ratios) < 3):
+        sel = selections[ratio]
+        if sel.k > 0:
+            restore_into(tuned.model, tuned.base_state, tuned.state, sel, r.region, r.strategy, r.seed)
+        restored = judge_now() if sel.k > 0 else judged
+        points.append(RestorePoint(ratio, r.strategy, r.region, r.scope, sel.k, sel.n_total, round(100 * sel.change_share, 2),
+                                   sel.per_tensor, restored.acc, restored.acc_train))
+        tracker.log(level_metrics("restore", restored.acc) | {"restore/acc_train": restored.acc_train, "restore/ratio": ratio})
+    tracker.table("restore/acc_vs_ratio", ["ratio", "split", "accuracy"],
+                  [[p.ratio, split, p.to_json()[f"acc_{split}"]] for split in EVAL_SPLITS for p in points],
+                  line={"x": "ratio", "y": "accuracy", "stroke": "split", "title": f"Accuracy (%) against restored parameters (%, {r.strategy})"})
+    return points, update_share
+
+
+def layer_blocks(cfg: Config, tuned: FineTuned, judge_acc) -> list[BlockPoint]:
+    """Whole blocks of restore.layer_block_size decoder layers restored, one block at a time (paper Table 11)."""
+    n_layers, size = tuned.model.config.num_hidden_layers, cfg.restore.layer_block_size
+    out = []
+    for first in range(0, n_layers, size) if size > 0 else []:
+        layers = set(range(first, min(first + size, n_layers)))
+        n = restore_layers(tuned.model, tuned.base_state, tuned.state, layers, cfg.restore.region)
+        out.append(BlockPoint([first, max(layers)], n, judge_acc()))
+    return out
