@@ -43,7 +43,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from tqdm.auto import tqdm
 
 from .data.facts import Fact
-from .decoding import encode_examples, qa_prompt
+from .decoding import encode_examples, pad_id, qa_prompt
 
 IGNORE = -100
 METHODS = ("full", "lora")
@@ -202,10 +202,10 @@ class MasterWeights:
             p.data = p.data.to(self.dtype)
 
 
-def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def _batch(examples: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and labels (prompt and padding masked out)."""
     width = max(len(p) + len(t) for p, t in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(examples), width), pad, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, (p, t) in enumerate(examples):
@@ -274,7 +274,7 @@ def sft(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     log, start = TrainLog([], [], total), 0
     resume_from = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if resume_from is not None:
