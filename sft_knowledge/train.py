@@ -216,7 +216,13 @@ def _batch(examples: list[tuple[list[int], list[int]]], pad: int) -> dict[str, t
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+def cosine_lr(step: int, total: int, peak: float, warmup: int, ramp_over_decay: bool = False) -> float:
+    """The learning rate of step `step` (from 0) of `total`: a linear warm-up to `peak` over the first `warmup` steps,
+    then a cosine decay towards 0 over the rest (SFT). With `ramp_over_decay` (pretrain.py) the cosine spans all
+    `total` steps from the first and the warm-up ramp scales it. Each is computed as it always was, to the last bit:
+    the pretrained tiny_world model and resumed SFT runs depend on it."""
+    if ramp_over_decay:
+        return peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))

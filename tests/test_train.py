@@ -1,4 +1,4 @@
-"""SFT: loss on answer tokens only, the paper's cosine schedule, and a loss that goes down."""
+"""SFT: loss on answer tokens only, the paper's cosine schedule (and pretraining's), and a loss that goes down."""
 import math
 import os
 import signal
@@ -34,6 +34,17 @@ def test_cosine_schedule():
     assert cosine_lr(0, 10, 1.0, 0) == 1.0
     assert math.isclose(cosine_lr(5, 10, 1.0, 0), 0.5)
     assert math.isclose(cosine_lr(1, 10, 1.0, 2), 1.0) and math.isclose(cosine_lr(0, 10, 1.0, 2), 0.5)
+    # Pretraining's: the cosine runs from step 0 over all steps and the warm-up ramp scales it.
+    assert cosine_lr(0, 10, 1.0, 4, ramp_over_decay=True) == 0.25 and math.isclose(cosine_lr(5, 10, 1.0, 4, ramp_over_decay=True), 0.5)
+
+
+@pytest.mark.parametrize("steps, warmup", [(1, 1), (7, 3), (100, 100), (330, 100), (1000, 100), (3791, 250)])
+def test_pretraining_keeps_its_own_schedule_bit_for_bit(steps, warmup):
+    # pretrain.py's schedule as it was written there, before it moved into cosine_lr: the tiny_world model must not change.
+    def pretrain_lr(s, lr=6e-3):
+        return lr * min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+
+    assert [cosine_lr(s, steps, 6e-3, warmup, ramp_over_decay=True) for s in range(steps)] == [pretrain_lr(s) for s in range(steps)]
 
 
 def test_sft_lowers_the_loss_and_reports_every_step():
