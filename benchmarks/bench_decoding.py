@@ -15,7 +15,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge.data.synthetic import SyntheticWorldConfig, build_world
-from sft_knowledge.decoding import _batches, _left_pad, encode_prompts, generate
+from sft_knowledge.decoding import _batches, _left_pad, encode_prompts, generate, pad_id
 from sft_knowledge.models import load
 from sft_knowledge.pretrain import train_tokenizer
 
@@ -24,9 +24,9 @@ def hf_generate(model, tokenizer, prompts, n, max_new_tokens, batch_size):
     encoded = encode_prompts(tokenizer, prompts)
     out = 0
     for idx in _batches([len(e) for e in encoded], max(1, batch_size // n)):
-        ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
+        ids, mask, _ = _left_pad(tokenizer, [encoded[i] for i in idx], model.device)
         gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-                             num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer),
                              eos_token_id=tokenizer.eos_token_id)
         out += gen.shape[0]
     return out

@@ -68,14 +68,26 @@ def _batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
         yield order[i : i + batch_size]
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_id(tokenizer) -> int:
+    """The id that fills padding: the tokenizer's pad token (0 included), else its EOS (LLaMA defines no pad token),
+    else 0. The attention mask hides padding, so which id it is changes no logit; it only has to be a real one."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def _left_pad(tokenizer, seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, attention mask and position ids of `seqs` left-padded to one width, on `device`. Positions count
+    from each sequence's first real token, so a padded prompt is read exactly as it would be alone."""
     width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
         ids[row, width - len(s) :] = torch.tensor(s)
         mask[row, width - len(s) :] = 1
-    return ids, mask
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _device(model) -> torch.device:
@@ -102,14 +114,11 @@ def generate(
     model.eval()
     device = _device(model)
     gen = torch.Generator(device=device).manual_seed(seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = encode_prompts(tokenizer, prompts)
     outputs: list[str] = [""] * (len(prompts) * n_samples)
     batches = list(_batches([len(e) for e in encoded], max(1, batch_size // n_samples)))
     for idx in tqdm(batches, desc=desc, disable=desc is None, mininterval=5):
-        ids, mask = _left_pad([encoded[i] for i in idx], pad)
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = _left_pad(tokenizer, [encoded[i] for i in idx], device)
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         cache, logits = out.cache, out.logits[:, -1, :].float()
         if n_samples > 1:
@@ -149,9 +158,7 @@ def next_token_logits(model, tokenizer, prompts: list[str], batch_size: int = 25
     encoded = encode_prompts(tokenizer, prompts)
     result = torch.empty((len(prompts), model.config.vocab_size))
     for idx in _batches([len(e) for e in encoded], batch_size):
-        ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id or 0)
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = _left_pad(tokenizer, [encoded[i] for i in idx], device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
         result[idx] = logits.float().cpu()
     return result
@@ -170,9 +177,7 @@ def answer_logprob(
     n_answer = [len(a) for _, a in examples]
     result = torch.empty(len(prompts))
     for idx in _batches([len(s) for s in seqs], batch_size):
-        ids, mask = _left_pad([seqs[i] for i in idx], tokenizer.pad_token_id or 0)
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = _left_pad(tokenizer, [seqs[i] for i in idx], device)
         logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float() / temperature, -1)
         token_logp = logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # log p of each next token
         for row, i in enumerate(idx):

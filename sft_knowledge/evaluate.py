@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .data.facts import Fact, KnowledgeBase, is_correct
+from .data.facts import LEVELS, Fact, KnowledgeBase, is_correct
 from .decoding import generate, qa_prompt
 
 
@@ -40,7 +40,7 @@ class LevelAccuracy:
 
 def level_subsets(facts: list[Fact], levels: list[int], cap: int | None, seed: int) -> list[list[Fact]]:
     """Facts of each level D-0..D-4, at most `cap` of each, drawn reproducibly."""
-    by_level: list[list[Fact]] = [[] for _ in range(5)]
+    by_level: list[list[Fact]] = [[] for _ in LEVELS]
     for fact, lv in zip(facts, levels):
         by_level[lv].append(fact)
     if cap is not None:
@@ -53,15 +53,20 @@ def answer(model, tokenizer, facts: list[Fact], cfg: EvalConfig) -> list[str]:
     return generate(model, tokenizer, [qa_prompt(f.question) for f in facts], cfg.max_new_tokens, 0.0, cfg.batch_size)
 
 
+def _hits(kb: KnowledgeBase, facts: list[Fact], texts: list[str]) -> list[bool]:
+    """Whether each answer contains its fact's object or a synonym."""
+    return [is_correct(t, kb.answers(f)) for t, f in zip(texts, facts)]
+
+
 def answer_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: EvalConfig) -> list[bool]:
-    return [is_correct(t, kb.answers(f)) for t, f in zip(answer(model, tokenizer, facts, cfg), facts)]
+    return _hits(kb, facts, answer(model, tokenizer, facts, cfg))
 
 
 def accuracy(model, tokenizer, kb: KnowledgeBase, by_level: list[list[Fact]], cfg: EvalConfig) -> LevelAccuracy:
     """One batched decoding pass over all levels, then per-level accuracy."""
     flat = [f for fs in by_level for f in fs]
     texts = answer(model, tokenizer, flat, cfg)
-    hits = [is_correct(t, kb.answers(f)) for t, f in zip(texts, flat)]
+    hits = _hits(kb, flat, texts)
     grouped, start = [], 0
     for fs in by_level:
         grouped.append(hits[start : start + len(fs)])

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,32 +36,17 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .config import ConfigError
-from .data.facts import Fact
 from .models import DTYPES
-from .train import HALF, CheckpointConfig, DeferredSignals, TrainConfig, TrainLog, sft
+from .train import HALF, DeferredSignals, SFTJob, TrainLog, sft
 
 
-def sft_fsdp(
-    base: str | Path,
-    tokenizer,
-    facts: list[Fact],
-    cfg: TrainConfig,
-    lr: float,
-    seed: int,
-    out_dir: Path,
-    dtype: str = "float32",
-    curve: Callable | None = None,
-    micro_batch_size: int | None = None,
-    gradient_checkpointing: bool = False,
-    checkpoint_dir: Path | None = None,
-    checkpoint: CheckpointConfig | None = None,
-) -> TrainLog:
-    """Fine-tune the model at `base` (a Hugging Face directory or hub id) over `cfg.fsdp_processes` processes and
-    save it to `out_dir`; return the training log. `curve(model, tokenizer, step, total)` runs after every step on
-    every rank (its forward passes are collective) and must be picklable; what it returns is logged as in `sft`.
-    With `checkpoint_dir`, resume from its checkpoint if any, as `sft` does."""
+def sft_fsdp(job: SFTJob, base: str | Path, dtype: str, tokenizer, out_dir: Path) -> TrainLog:
+    """Run `job` on the model at `base` (a Hugging Face directory or hub id, its weights in `dtype`) over
+    `job.train.fsdp_processes` processes and save the fine-tuned model to `out_dir`; return the training log. The job's
+    curve runs after every step on every rank (its forward passes are collective), so it must be picklable; what it
+    returns is logged as in `sft`. With `job.checkpoint_dir`, resume from its checkpoint if any, as `sft` does."""
     gpus = torch.cuda.device_count()
-    processes = cfg.fsdp_processes or gpus
+    processes = job.train.fsdp_processes or gpus
     if processes < 1 or (gpus and processes > gpus):
         raise ConfigError(f"train.fsdp_processes={processes} is not allowed: expected 1..{gpus} (one per GPU)" if gpus else
                           "train.strategy=fsdp on a machine without GPUs needs train.fsdp_processes (gloo processes on the CPU)")
@@ -70,8 +54,7 @@ def sft_fsdp(
     with tempfile.TemporaryDirectory() as rendezvous, DeferredSignals() as signals:
         # Daemonic: the workers end with the cell, whatever ends it.
         workers = torch.multiprocessing.start_processes(_worker, nprocs=processes, daemon=True, join=False, args=(
-            processes, f"file://{rendezvous}/store", str(base), dtype, tokenizer, facts, cfg, lr, seed, Path(out_dir),
-            curve, micro_batch_size, gradient_checkpointing, checkpoint_dir, checkpoint), start_method="spawn")
+            processes, f"file://{rendezvous}/store", job, str(base), dtype, tokenizer, Path(out_dir)), start_method="spawn")
         passed_on = 0
         try:
             while not workers.join(timeout=1):
@@ -86,8 +69,7 @@ def sft_fsdp(
     return TrainLog(**json.loads((Path(out_dir) / "train_log.json").read_text()))
 
 
-def _worker(rank: int, world: int, init_method: str, base: str, dtype: str, tokenizer, facts, cfg, lr, seed, out_dir: Path,
-            curve, micro_batch_size, gradient_checkpointing, checkpoint_dir, checkpoint) -> None:
+def _worker(rank: int, world: int, init_method: str, job: SFTJob, base: str, dtype: str, tokenizer, out_dir: Path) -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     if cuda:
@@ -95,10 +77,8 @@ def _worker(rank: int, world: int, init_method: str, base: str, dtype: str, toke
     torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the cell's cores, shared by its processes
     dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world)
     try:
-        model = _sharded_model(base, dtype, rank, device, cfg.precision, cfg.fsdp_cpu_offload)
-        on_step = (lambda step, total, *_: curve(model, tokenizer, step, total)) if curve is not None else None
-        log = sft(model, tokenizer, facts, cfg, lr, seed, on_step, checkpoint_dir, checkpoint,
-                  micro_batch_size=micro_batch_size, gradient_checkpointing=gradient_checkpointing)
+        model = _sharded_model(base, dtype, rank, device, job.train.precision, job.train.fsdp_cpu_offload)
+        log = sft(model, tokenizer, job)
         weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if rank == 0:  # in the model's dtype: fp32 masters rounded, as one process hands them back (train.MasterWeights)
             model.save_pretrained(out_dir, state_dict={k: v.to(DTYPES[dtype]) for k, v in weights.items()})

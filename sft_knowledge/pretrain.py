@@ -1,12 +1,11 @@
 """Pretrain the embedded `tiny_world` model: a BPE tokenizer and a small Llama, from scratch, on the CPU.
 
 This stage stands in for the pretraining a real base model had. Its output is a standard Hugging
-Face directory (config, safetensors, tokenizer) that `models.load_base` loads like any other model.
+Face directory (config, safetensors, tokenizer) that `models.load` loads like any other model.
 """
 from __future__ import annotations
 
 import itertools
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .decoding import QA_MARKERS
+from .train import cosine_lr
 
 # One separator token ends a document and begins the next (GPT-2 style), so it also serves as BOS.
 EOS, PAD = "</s>", "<pad>"
@@ -89,7 +89,6 @@ def pretrain(docs: list[str], cfg: PretrainConfig, out_dir: Path) -> dict:
         lr=cfg.lr, betas=(0.9, 0.95),
     )
     steps = max(1, int(cfg.epochs * len(rows) / cfg.batch_size))
-    lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
     order = random.Random(cfg.seed)
     perm: list[int] = []
     model.train()
@@ -102,7 +101,7 @@ def pretrain(docs: list[str], cfg: PretrainConfig, out_dir: Path) -> dict:
         batch = rows[perm[: cfg.batch_size]]
         del perm[: cfg.batch_size]
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps, ramp_over_decay=True)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -4,6 +4,9 @@ Prompt `{bos}<|question|> {q} <|answer|>`, target ` {a}{eos}`, loss on the targe
 (the paper is silent; LLaMA-Factory, which its template matches, masks the prompt). AdamW, cosine
 schedule, 1 epoch, batch 8 as in the paper; warm-up and weight decay default to 0 (not stated).
 A batch larger than fits in memory is reached by gradient accumulation over micro-batches.
+An `SFTJob` holds all one fine-tune needs (facts, TrainConfig, the effective lr and micro-batch, seed, checkpoints,
+the KL curve run after each step); `sft(model, tokenizer, job)` runs it in this process, `fsdp.sft_fsdp(job, ...)`
+over several.
 `method="lora"` trains low-rank adapters (peft) instead of every weight; `merge_lora` folds them in,
 so the later stages (restoration included) see ordinary merged weights. Run in every process of an FSDP
 group (fsdp.py), `sft` trains that rank's share of each global batch; the result is the same.
@@ -43,7 +46,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from tqdm.auto import tqdm
 
 from .data.facts import Fact
-from .decoding import encode_examples, qa_prompt
+from .decoding import encode_examples, pad_id, qa_prompt
 
 IGNORE = -100
 METHODS = ("full", "lora")
@@ -58,7 +61,7 @@ class TrainConfig:
     lr: float | None = None  # None: the model config's lr
     epochs: float = 1.0
     batch_size: int = 8  # examples per optimizer step
-    micro_batch_size: int | None = None  # examples per forward pass (None: the model config's, else batch_size)
+    micro_batch_size: int | None = None  # examples per forward pass (None: the model config's, else batch_size; config.py resolves it)
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -82,11 +85,25 @@ class CheckpointConfig:
 
 
 @dataclass
+class SFTJob:
+    """Everything one fine-tune needs, with effective values resolved (config.py resolves lr and micro-batch once)."""
+    facts: list[Fact]
+    train: TrainConfig
+    lr: float  # the effective peak learning rate
+    micro_batch_size: int  # examples per forward pass (a divisor of train.batch_size)
+    seed: int
+    gradient_checkpointing: bool = False
+    checkpoint_dir: Path | None = None  # resume from / save checkpoints here (None: no checkpoints)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    curve: Callable | None = None  # curve(model, tokenizer, step, total) -> dict | None after every optimizer step; picklable (FSDP workers run it)
+
+
+@dataclass
 class TrainLog:
     loss: list[float]  # per optimizer step
     lr: list[float]
     steps: int
-    events: list[dict] = field(default_factory=list)  # what on_step returned, with its step
+    events: list[dict] = field(default_factory=list)  # what the job's curve returned, with its step
     resumed_at: list[int] = field(default_factory=list)  # steps this SFT was resumed from a checkpoint at
 
 
@@ -202,10 +219,10 @@ class MasterWeights:
             p.data = p.data.to(self.dtype)
 
 
-def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def _batch(examples: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and labels (prompt and padding masked out)."""
     width = max(len(p) + len(t) for p, t in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(examples), width), pad, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, (p, t) in enumerate(examples):
@@ -216,7 +233,13 @@ def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+def cosine_lr(step: int, total: int, peak: float, warmup: int, ramp_over_decay: bool = False) -> float:
+    """The learning rate of step `step` (from 0) of `total`: a linear warm-up to `peak` over the first `warmup` steps,
+    then a cosine decay towards 0 over the rest (SFT). With `ramp_over_decay` (pretrain.py) the cosine spans all
+    `total` steps from the first and the warm-up ramp scales it. Each is computed as it always was, to the last bit:
+    the pretrained tiny_world model and resumed SFT runs depend on it."""
+    if ramp_over_decay:
+        return peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -236,31 +259,19 @@ def merge_lora(model):
     return model.merge_and_unload()
 
 
-def sft(
-    model,
-    tokenizer,
-    facts: list[Fact],
-    cfg: TrainConfig,
-    lr: float,
-    seed: int,
-    on_step: Callable[[int, int, float, float], dict | None] | None = None,
-    checkpoint_dir: Path | None = None,
-    checkpoint: CheckpointConfig | None = None,
-    micro_batch_size: int | None = None,
-    gradient_checkpointing: bool = False,
-) -> TrainLog:
-    """Fine-tune the trainable parameters of `model` in place. `on_step(step, total, loss, lr)` runs after every
-    optimizer step; a dict it returns is kept in the log's `events`. With `checkpoint_dir`, resume from its
-    checkpoint if any."""
-    checkpoint = checkpoint or CheckpointConfig()
+def sft(model, tokenizer, job: SFTJob) -> TrainLog:
+    """Fine-tune the trainable parameters of `model` in place on `job.facts`. `job.curve(model, tokenizer, step, total)`
+    runs after every optimizer step; a dict it returns is kept in the log's `events`. With `job.checkpoint_dir`, resume
+    from its checkpoint if any."""
+    cfg, micro = job.train, job.micro_batch_size
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    torch.manual_seed(seed)
+    torch.manual_seed(job.seed)
     device = next(model.parameters()).device
-    encoded = encode_examples(tokenizer, [qa_prompt(f.question) for f in facts], [f.object for f in facts])
+    encoded = encode_examples(tokenizer, [qa_prompt(f.question) for f in job.facts], [f.object for f in job.facts])
     prompts, targets = [p for p, _ in encoded], [t for _, t in encoded]
     examples = list(zip(prompts, targets))
     order: list[int] = []
-    rng = random.Random(seed)
+    rng = random.Random(job.seed)
     for _ in range(math.ceil(cfg.epochs)):
         epoch = list(range(len(examples)))
         rng.shuffle(epoch)
@@ -268,24 +279,23 @@ def sft(
     order = order[: round(cfg.epochs * len(examples))]
     total = math.ceil(len(order) / cfg.batch_size)
     warmup = round(cfg.warmup_ratio * total)
-    micro = cfg.micro_batch_size or micro_batch_size or cfg.batch_size
     master = MasterWeights(model, cfg.precision)  # before the optimizer: its state takes the masters' dtype
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    if gradient_checkpointing:
+    opt = torch.optim.AdamW(params, lr=job.lr, weight_decay=cfg.weight_decay)
+    if job.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     log, start = TrainLog([], [], total), 0
-    resume_from = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    resume_from = latest_checkpoint(job.checkpoint_dir) if job.checkpoint_dir is not None else None
     if resume_from is not None:
         state = _load_checkpoint(resume_from, model, opt)
         order, start, log = state["order"], state["step"], TrainLog(**state["log"])
         log.resumed_at.append(start)
     model.train()
     with DeferredSignals() as signals:
-        for step in tqdm(range(start, total), desc=f"SFT on {len(facts)} facts", mininterval=5, disable=total < 50 or rank > 0):
+        for step in tqdm(range(start, total), desc=f"SFT on {len(job.facts)} facts", mininterval=5, disable=total < 50 or rank > 0):
             step_examples = [examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-            step_lr = cosine_lr(step, total, lr, warmup)
+            step_lr = cosine_lr(step, total, job.lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = step_lr
             # Gradient accumulation: each micro-batch's mean loss weighted by its share of the step's answer
@@ -313,24 +323,24 @@ def sft(
             log.loss.append(loss_sum)
             log.lr.append(step_lr)
             with master.autocast():  # the KL curve sees the model computing as it trains
-                event = on_step(step + 1, total, log.loss[-1], step_lr) if on_step is not None else None
+                event = job.curve(model, tokenizer, step + 1, total) if job.curve is not None else None
             if event is not None:
                 log.events.append({"step": step + 1, **event})
-            periodic = checkpoint.every > 0 and (step + 1) % checkpoint.every == 0 and step + 1 < total
+            periodic = job.checkpoint.every > 0 and (step + 1) % job.checkpoint.every == 0 and step + 1 < total
             stopping = bool(signals.caught)
             if world > 1:  # a signal seen by any rank stops them all at this step: the save is collective
                 flag = torch.tensor(int(stopping), device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stopping = bool(flag.item())
-            if checkpoint_dir is not None and (periodic or stopping):
-                _save_checkpoint(checkpoint_dir, model, opt, {"order": order, "step": step + 1, "log": asdict(log)})
-                deadline = time.time() + (checkpoint.debug_pause_s if periodic else 0)
+            if job.checkpoint_dir is not None and (periodic or stopping):
+                _save_checkpoint(job.checkpoint_dir, model, opt, {"order": order, "step": step + 1, "log": asdict(log)})
+                deadline = time.time() + (job.checkpoint.debug_pause_s if periodic else 0)
                 while time.time() < deadline and not signals.caught:
                     time.sleep(0.1)
             signals.forward()
             if stopping and world > 1:  # a rank that was not signalled itself ends too (fsdp.py passes the signal on)
                 raise SystemExit(f"rank {rank}: SFT stopped by a signal after step {step + 1}")
-    if gradient_checkpointing:
+    if job.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     master.round()
     model.eval()

@@ -14,7 +14,7 @@ from sft_knowledge.decoding import next_token_logits, qa_prompt
 from sft_knowledge.fsdp import sft_fsdp
 from sft_knowledge.pipeline import KLCurve
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.train import CheckpointConfig, TrainConfig, latest_checkpoint, sft
+from sft_knowledge.train import CheckpointConfig, SFTJob, TrainConfig, latest_checkpoint, sft
 
 # 21 facts: global batches of 8, 8 and 5; over two ranks with micro-batches of 2 the last one leaves rank 1 a
 # micro-batch short, which it must still run (zero-weighted) for FSDP's collectives.
@@ -32,6 +32,11 @@ def _base(path):
     return model, tok
 
 
+def _job(cfg: TrainConfig, micro_batch_size: int | None = None, **kw) -> SFTJob:
+    """SFT of FACTS at lr 1e-2, seed 0; the whole batch in one forward pass unless `micro_batch_size` is given."""
+    return SFTJob(FACTS, cfg, 1e-2, micro_batch_size or cfg.batch_size, 0, **kw)
+
+
 @pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="two processes need two GPUs on a GPU machine")
 def test_two_gloo_processes_give_the_single_process_weights(tmp_path):
     model, tok = _base(tmp_path / "base")
@@ -39,10 +44,10 @@ def test_two_gloo_processes_give_the_single_process_weights(tmp_path):
     curve = KLCurve(prompts, next_token_logits(model, tok, prompts), top_k=5, points=3)
     cfg = TrainConfig(batch_size=8, strategy="fsdp", fsdp_processes=2)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    single = sft(model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, steps, *_: curve(model, tok, step, steps))
+    single = sft(model, tok, _job(cfg, curve=curve))
     # Micro-batches of 2 and gradient checkpointing (the 70B preset's) change how, not what, is computed.
-    sharded = sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "ft", curve=curve,
-                       micro_batch_size=2, gradient_checkpointing=True)
+    sharded = sft_fsdp(_job(cfg, micro_batch_size=2, gradient_checkpointing=True, curve=curve), tmp_path / "base", "float32", tok,
+                       tmp_path / "ft")
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "ft")
 
     assert sharded.steps == single.steps == 3 and sharded.lr == single.lr
@@ -79,21 +84,21 @@ class Requeued(Exception):
 def test_a_signalled_fsdp_sft_saves_every_shard_and_resumes_to_the_same_weights(tmp_path):
     _, tok = _base(tmp_path / "base")
     cfg = TrainConfig(batch_size=4, strategy="fsdp", fsdp_processes=2)  # 6 steps
-    reference = sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "reference", curve=SignalAtStep(0, 0))
+    reference = sft_fsdp(_job(cfg, curve=SignalAtStep(0, 0)), tmp_path / "base", "float32", tok, tmp_path / "reference")
 
     previous = signal.signal(signal.SIGUSR2, lambda *a: (_ for _ in ()).throw(Requeued()))
     try:  # rank 1 alone is signalled after step 2: both ranks must save at step 2, then stop
         with pytest.raises(Requeued):
-            sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "ft", curve=SignalAtStep(2, 1),
-                     checkpoint_dir=tmp_path / "ckpt", checkpoint=CheckpointConfig(every=0))
+            sft_fsdp(_job(cfg, curve=SignalAtStep(2, 1), checkpoint_dir=tmp_path / "ckpt", checkpoint=CheckpointConfig(every=0)),
+                     tmp_path / "base", "float32", tok, tmp_path / "ft")
     finally:
         signal.signal(signal.SIGUSR2, previous)
     saved = latest_checkpoint(tmp_path / "ckpt")
     assert torch.load(saved / "state.pt")["step"] == 2 and sorted(p.name for p in saved.glob("rng-*")) == ["rng-0.pt", "rng-1.pt"]
     assert not (tmp_path / "ft" / "train_log.json").exists()
 
-    resumed = sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "ft", curve=SignalAtStep(0, 0),
-                       checkpoint_dir=tmp_path / "ckpt")
+    resumed = sft_fsdp(_job(cfg, curve=SignalAtStep(0, 0), checkpoint_dir=tmp_path / "ckpt"), tmp_path / "base", "float32", tok,
+                       tmp_path / "ft")
     assert resumed.resumed_at == [2] and reference.resumed_at == []
     assert resumed.loss == reference.loss and resumed.events == reference.events and resumed.steps == 6
     want = AutoModelForCausalLM.from_pretrained(tmp_path / "reference").state_dict()
@@ -112,7 +117,7 @@ def test_the_llama_models_pick_fsdp_the_70b_with_cpu_offload_and_the_command_lin
 @pytest.mark.skipif(torch.cuda.device_count() > 0, reason="checks the CPU machine's message")
 def test_fsdp_without_gpus_or_a_process_count_says_what_to_set(tmp_path):
     with pytest.raises(ConfigError, match="needs train.fsdp_processes"):
-        sft_fsdp(tmp_path, None, FACTS, TrainConfig(strategy="fsdp"), 1e-2, 0, tmp_path)
+        sft_fsdp(_job(TrainConfig(strategy="fsdp")), tmp_path, "float32", None, tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() == 0, reason="NCCL and bf16 FSDP need a GPU (two or more to shard over)")
@@ -121,8 +126,8 @@ def test_gpus_bf16_match_one_process(tmp_path):
     cfg = TrainConfig(batch_size=8, strategy="fsdp", fsdp_processes=min(2, torch.cuda.device_count()))
     model = model.to(torch.bfloat16).cuda()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    single = sft(model, tok, FACTS, cfg, lr=1e-2, seed=0)
-    sharded = sft_fsdp(tmp_path / "base", tok, FACTS, cfg, 1e-2, 0, tmp_path / "ft", dtype="bfloat16")
+    single = sft(model, tok, _job(cfg))
+    sharded = sft_fsdp(_job(cfg), tmp_path / "base", "bfloat16", tok, tmp_path / "ft")
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "ft", dtype=torch.bfloat16).cuda()
     # bf16 keeps 8 bits of mantissa, so the same sums in another order differ by its ulps, and Adam can turn a
     # near-zero gradient's sign: compare on average, against how far SFT moved the weights, not element by element.

@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from conftest import run_cli
 from sft_knowledge.decoding import next_token_logits, qa_prompt
 from sft_knowledge.train import TrainConfig, attach_lora, merge_lora, sft
-from test_train import FACTS, _tok
+from test_train import FACTS, _job, _tok
 
 
 def _model(tok):
@@ -23,7 +23,7 @@ def test_lora_trains_adapters_only_and_merges_into_q_and_v():
     base_logits = next_token_logits(model, tok, prompts)
     cfg = TrainConfig(method="lora", epochs=4, lora_rank=4, lora_alpha=8.0)
     tuned = attach_lora(model, cfg)
-    log = sft(tuned, tok, FACTS, cfg, lr=1e-2, seed=0)
+    log = sft(tuned, tok, _job(cfg))
     assert sum(log.loss[-2:]) < sum(log.loss[:2])
     with tuned.disable_adapter():  # the KL base: the same model with its adapter disabled
         assert torch.allclose(next_token_logits(tuned, tok, prompts), base_logits, atol=1e-6)
@@ -37,8 +37,8 @@ def test_lora_trains_adapters_only_and_merges_into_q_and_v():
 def test_gradient_accumulation_matches_the_whole_batch():
     tok = _tok()
     a, b = _model(tok), _model(tok)
-    sft(a, tok, FACTS, TrainConfig(batch_size=8), lr=1e-2, seed=0)
-    sft(b, tok, FACTS, TrainConfig(batch_size=8, micro_batch_size=2), lr=1e-2, seed=0)
+    sft(a, tok, _job(TrainConfig(batch_size=8)))
+    sft(b, tok, _job(TrainConfig(batch_size=8), micro_batch_size=2))
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-5), name
 

@@ -15,7 +15,7 @@ from sft_knowledge.decoding import encode_examples, qa_prompt
 from sft_knowledge.fsdp import sft_fsdp
 from sft_knowledge.pretrain import train_tokenizer
 from sft_knowledge.restore import in_region, select_thresholds
-from sft_knowledge.train import MasterWeights, TrainConfig, _batch, cosine_lr, sft
+from sft_knowledge.train import MasterWeights, SFTJob, TrainConfig, _batch, cosine_lr, sft
 
 # 32 facts, 2 epochs of batches of 8: 8 optimizer steps.
 FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
@@ -35,21 +35,21 @@ def _model(tok) -> LlamaForCausalLM:
 
 
 class LastMasters:
-    """on_step: the trainable parameters as the optimizer left them after the last step (fp32 masters, or bf16)."""
+    """Curve: the trainable parameters as the optimizer left them after the last step (fp32 masters, or bf16)."""
 
-    def __init__(self, model):
-        self.model, self.weights = model, {}
+    def __init__(self):
+        self.weights = {}
 
-    def __call__(self, step, total, *_):
+    def __call__(self, model, tokenizer, step, total):
         if step == total:
-            self.weights = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+            self.weights = {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def _fine_tune(tok, precision: str):
     model = _model(tok)
     base = {n: t.clone() for n, t in model.state_dict().items()}
-    masters = LastMasters(model)
-    log = sft(model, tok, FACTS, TrainConfig(precision=precision, **CFG), lr=LR, seed=0, on_step=masters)
+    masters = LastMasters()
+    log = sft(model, tok, SFTJob(FACTS, TrainConfig(precision=precision, **CFG), LR, CFG["batch_size"], 0, curve=masters))
     return base, model.state_dict(), masters.weights, log
 
 
@@ -181,8 +181,8 @@ class ComputeDtypes:
 def test_fsdp_fp32_master_shards_fp32_computes_bf16_and_saves_bf16(tok, runs, tmp_path):
     _model(tok).save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
-    log = sft_fsdp(tmp_path / "base", tok, FACTS, TrainConfig(strategy="fsdp", fsdp_processes=2, **CFG), LR, 0,
-                   tmp_path / "ft", dtype="bfloat16", curve=ComputeDtypes())
+    job = SFTJob(FACTS, TrainConfig(strategy="fsdp", fsdp_processes=2, **CFG), LR, CFG["batch_size"], 0, curve=ComputeDtypes())
+    log = sft_fsdp(job, tmp_path / "base", "bfloat16", tok, tmp_path / "ft")
     assert {(e["sharded"], e["compute"]) for e in log.events} == {("torch.float32", "torch.bfloat16")}
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "ft", dtype="auto")
     assert tuned.dtype == torch.bfloat16  # config.json says bfloat16 and the tensors are bf16

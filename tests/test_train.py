@@ -1,4 +1,4 @@
-"""SFT: loss on answer tokens only, the paper's cosine schedule, and a loss that goes down."""
+"""SFT: loss on answer tokens only, the paper's cosine schedule (and pretraining's), and a loss that goes down."""
 import math
 import os
 import signal
@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sft_knowledge.data.facts import Fact
 from sft_knowledge.decoding import encode_examples, qa_prompt
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.train import IGNORE, CheckpointConfig, TrainConfig, _batch, cosine_lr, latest_checkpoint, sft
+from sft_knowledge.train import IGNORE, CheckpointConfig, SFTJob, TrainConfig, _batch, cosine_lr, latest_checkpoint, sft
 
 FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
 
@@ -34,6 +34,22 @@ def test_cosine_schedule():
     assert cosine_lr(0, 10, 1.0, 0) == 1.0
     assert math.isclose(cosine_lr(5, 10, 1.0, 0), 0.5)
     assert math.isclose(cosine_lr(1, 10, 1.0, 2), 1.0) and math.isclose(cosine_lr(0, 10, 1.0, 2), 0.5)
+    # Pretraining's: the cosine runs from step 0 over all steps and the warm-up ramp scales it.
+    assert cosine_lr(0, 10, 1.0, 4, ramp_over_decay=True) == 0.25 and math.isclose(cosine_lr(5, 10, 1.0, 4, ramp_over_decay=True), 0.5)
+
+
+@pytest.mark.parametrize("steps, warmup", [(1, 1), (7, 3), (100, 100), (330, 100), (1000, 100), (3791, 250)])
+def test_pretraining_keeps_its_own_schedule_bit_for_bit(steps, warmup):
+    # pretrain.py's schedule as it was written there, before it moved into cosine_lr: the tiny_world model must not change.
+    def pretrain_lr(s, lr=6e-3):
+        return lr * min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+
+    assert [cosine_lr(s, steps, 6e-3, warmup, ramp_over_decay=True) for s in range(steps)] == [pretrain_lr(s) for s in range(steps)]
+
+
+def _job(cfg: TrainConfig, micro_batch_size: int | None = None, **kw) -> SFTJob:
+    """SFT of FACTS at lr 1e-2, seed 0; the whole batch in one forward pass unless `micro_batch_size` is given."""
+    return SFTJob(FACTS, cfg, 1e-2, micro_batch_size or cfg.batch_size, 0, **kw)
 
 
 def test_sft_lowers_the_loss_and_reports_every_step():
@@ -42,8 +58,8 @@ def test_sft_lowers_the_loss_and_reports_every_step():
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id))
     seen = []
-    log = sft(model, tok, FACTS, TrainConfig(epochs=8, batch_size=8), lr=1e-2, seed=0, on_step=lambda *a: seen.append(a))
-    assert log.steps == 32 and len(log.loss) == 32 and [s[0] for s in seen] == list(range(1, 33))
+    log = sft(model, tok, _job(TrainConfig(epochs=8, batch_size=8), curve=lambda m, t, step, total: seen.append((m, step, total))))
+    assert log.steps == 32 and len(log.loss) == 32 and seen == [(model, s, 32) for s in range(1, 33)]
     assert sum(log.loss[-4:]) < 0.5 * sum(log.loss[:4])
     assert log.lr[0] == 1e-2 and log.lr[-1] < 1e-4
 
@@ -64,18 +80,17 @@ class Requeued(Exception):
 def test_sft_saves_on_signal_and_resumes_to_the_same_result(tmp_path, dtype):
     tok, cfg = _tok(), TrainConfig(epochs=2, batch_size=8)  # 8 steps
     reference_model = _model(tok, dtype)
-    reference = sft(reference_model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, *a: {"seen": step})
+    reference = sft(reference_model, tok, _job(cfg, curve=lambda model, tok, step, total: {"seen": step}))
 
     previous = signal.signal(signal.SIGUSR2, lambda *a: (_ for _ in ()).throw(Requeued()))
     try:
-        def preempt_at_step_3(step, *a):
+        def preempt_at_step_3(model, tok, step, total):
             if step == 3:
                 os.kill(os.getpid(), signal.SIGUSR2)  # arrives mid-run; SFT finishes the step, saves, then passes it on
             return {"seen": step}
 
         with pytest.raises(Requeued):
-            sft(_model(tok, dtype), tok, FACTS, cfg, lr=1e-2, seed=0, on_step=preempt_at_step_3, checkpoint_dir=tmp_path,
-                checkpoint=CheckpointConfig(every=0))
+            sft(_model(tok, dtype), tok, _job(cfg, curve=preempt_at_step_3, checkpoint_dir=tmp_path, checkpoint=CheckpointConfig(every=0)))
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert torch.load(latest_checkpoint(tmp_path) / "state.pt")["step"] == 3
@@ -83,7 +98,7 @@ def test_sft_saves_on_signal_and_resumes_to_the_same_result(tmp_path, dtype):
     assert {m.properties.dtype for k, m in saved.items() if k.startswith("model.") or "exp_avg" in k} == {torch.float32}
 
     model = _model(tok, dtype)  # the requeued job starts again from the base model
-    resumed = sft(model, tok, FACTS, cfg, lr=1e-2, seed=0, on_step=lambda step, *a: {"seen": step}, checkpoint_dir=tmp_path)
+    resumed = sft(model, tok, _job(cfg, curve=lambda model, tok, step, total: {"seen": step}, checkpoint_dir=tmp_path))
     assert resumed.resumed_at == [3] and reference.resumed_at == []
     assert resumed.loss == reference.loss and resumed.lr == reference.lr and resumed.events == reference.events
     for (name, a), b in zip(reference_model.state_dict().items(), model.state_dict().values()):
@@ -92,7 +107,6 @@ def test_sft_saves_on_signal_and_resumes_to_the_same_result(tmp_path, dtype):
 
 def test_sft_checkpoints_periodically(tmp_path):
     tok = _tok()
-    sft(_model(tok), tok, FACTS, TrainConfig(epochs=2, batch_size=8), lr=1e-2, seed=0, checkpoint_dir=tmp_path,
-        checkpoint=CheckpointConfig(every=3))
+    sft(_model(tok), tok, _job(TrainConfig(epochs=2, batch_size=8), checkpoint_dir=tmp_path, checkpoint=CheckpointConfig(every=3)))
     assert torch.load(latest_checkpoint(tmp_path) / "state.pt")["step"] == 6  # saved at 3 and 6; the last step (8) needs none
     assert [p.name for p in tmp_path.glob("step-*")] == ["step-000006"]  # step 3's removed once 6 was complete
