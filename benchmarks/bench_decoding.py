@@ -14,7 +14,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sft_knowledge.data.synthetic import SyntheticWorldConfig, build_world
+from sft_knowledge.config import SyntheticWorldConfig
+from sft_knowledge.data.synthetic import build_world
 from sft_knowledge.decoding import _batches, _left_pad, encode_prompts, generate, pad_id
 from sft_knowledge.models import load
 from sft_knowledge.pretrain import train_tokenizer

@@ -21,13 +21,12 @@ from hydra.core.config_store import ConfigStore
 from .cache import digest
 from .data.facts import LEVELS, MAPPING_TEMPLATES
 from .errors import ConfigError, ModelError
-from .evaluate import EvalConfig
-from .pretrain import PretrainConfig
-from .train import METHODS, PRECISIONS, CheckpointConfig, TrainConfig
-from .train import STRATEGIES as TRAIN_STRATEGIES
 
 PAPER_SIZES = (60, 240, 1920)  # the data scales the paper names (§3.4), besides "all"
 BUCKETS = ("all", "d0", "d1", "d2", "d3", "d4")
+METHODS = ("full", "lora")  # SFT: every weight, or LoRA adapters
+TRAIN_STRATEGIES = ("single", "fsdp")  # SFT in this process, or sharded over processes
+PRECISIONS = ("fp32_master", "pure")
 ESTIMATORS = ("sampling", "likelihood")
 BACKENDS = ("hf", "vllm")
 STRATEGIES = ("top", "bottom", "random")  # restoration: which scalars
@@ -42,6 +41,22 @@ DTYPES = ("float32", "bfloat16", "float16")
 # .json files repeat one for one).
 ARCHIVE_URL = "https://nlp.cs.princeton.edu/projects/entity-questions/dataset.zip"
 ARCHIVE_SHA256 = "dfea33bac9f0d46b638be0915ee614fc5bca9fa5007ea0a9531316dbfb409217"
+
+
+@dataclass
+class PretrainConfig:
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    seq_len: int = 64  # documents are packed into rows of this many tokens
+    batch_size: int = 32
+    lr: float = 6e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    epochs: float = 1.0
+    seed: int = 0
 
 
 @dataclass
@@ -117,6 +132,43 @@ class ProbeConfig:
 @dataclass
 class MasteryConfig:
     bucket: str = "all"  # the facts SFT trains on: all (the paper's "Mixed") or one level, d0..d4
+
+
+@dataclass
+class TrainConfig:
+    method: str = "full"  # full: every parameter (paper) | lora: low-rank adapters through peft
+    lr: float | None = None  # None: the model config's lr
+    epochs: float = 1.0
+    batch_size: int = 8  # examples per optimizer step
+    micro_batch_size: int | None = None  # examples per forward pass (None: the model config's, else batch_size; config.py resolves it)
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # fp32_master: fp32 weights and AdamW state, compute autocast in the model's bf16/fp16, weights saved in that dtype
+    # (float32 models: plain fp32) | pure: AdamW steps the model's own dtype (bf16 at lr 1e-5: most updates round away)
+    precision: str = "fp32_master"
+    strategy: str = "single"  # single: this process trains the whole model | fsdp: sharded over processes (fsdp.py)
+    fsdp_processes: Any = None  # fsdp: processes, one per GPU (None: every visible GPU); on a CPU machine, gloo processes
+    fsdp_cpu_offload: bool = False  # fsdp: sharded weights, gradients and AdamW state in node memory (70B: 1.1 TB in fp32)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class CheckpointConfig:
+    """When SFT saves its state (not part of the run key: it never changes the result)."""
+    every: int = 50  # optimizer steps between checkpoints (0: only when the job is signalled)
+    debug_pause_s: float = 0.0  # tests: wait after each periodic checkpoint (a window to interrupt SFT), ended by a signal
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 16
+    batch_size: int = 256
+    max_per_level: int | None = None  # evaluate on at most this many facts per level (None: all)
+    seed: int = 0  # draws those subsets
 
 
 @dataclass

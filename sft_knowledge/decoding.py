@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import torch
 from tqdm.auto import tqdm
 
+from .errors import ModelError
+
 QA_MARKERS = ("<|question|>", "<|answer|>")
 
 
@@ -48,7 +50,6 @@ def encode_examples(tokenizer, prompts: list[str], answers: list[str], eos: bool
     examples = []
     for text, p, ids in zip(texts, encode_prompts(tokenizer, prompts), encode_prompts(tokenizer, texts)):
         if ids[: len(p)] != p or len(ids) == len(p):
-            from .config import ModelError  # imported here: config imports this module
 
             raise ModelError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} does not end the prompt's tokens where "
                              f"the answer begins in {text!r}: the prompt format needs a token boundary before the answer")

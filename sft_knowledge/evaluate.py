@@ -8,34 +8,12 @@ result says which levels the mean was taken over.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
+from .config import EvalConfig
 from .data.facts import LEVELS, Fact, KnowledgeBase, is_correct
 from .decoding import generate, qa_prompt
+from .results import LevelAccuracy
 
-
-@dataclass
-class EvalConfig:
-    max_new_tokens: int = 16
-    batch_size: int = 256
-    max_per_level: int | None = None  # evaluate on at most this many facts per level (None: all)
-    seed: int = 0  # draws those subsets
-
-
-@dataclass
-class LevelAccuracy:
-    acc_level: list[float | None]  # percent per level D-0..D-4; None where the level is empty
-    n_level: list[int]
-    acc: float | None  # macro mean over the levels that have facts
-    over_levels: list[int]
-    generations: list[str] = field(default_factory=list, repr=False)  # every answer, level by level (predictions table)
-
-    @classmethod
-    def from_hits(cls, hits_by_level: list[list[bool]], generations: list[str] | None = None) -> LevelAccuracy:
-        acc_level = [100.0 * sum(h) / len(h) if h else None for h in hits_by_level]
-        over = [lv for lv, a in enumerate(acc_level) if a is not None]
-        macro = sum(acc_level[lv] for lv in over) / len(over) if over else None
-        return cls(acc_level, [len(h) for h in hits_by_level], macro, over, generations or [])
 
 
 def level_subsets(facts: list[Fact], levels: list[int], cap: int | None, seed: int) -> list[list[Fact]]:

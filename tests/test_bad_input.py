@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+ROOT = Path(__file__).resolve().parent.parent  # the project: subprocesses run from it
 
 # (command-line overrides, what the error line must say). Each is the whole command after `experiment=smoke`.
 CONFIG_ERRORS = [
@@ -78,8 +78,8 @@ def test_a_config_error_is_one_line_before_any_stage(overrides, message, model_d
     ("paths.output_dir=/sys/sft_knowledge_test", "error: paths.output_dir=/sys/sft_knowledge_test is not writable"),
     ("data.size=100000", "error: data.size=100000 is larger than the bucket, which holds"),
 ])
-def test_the_command_line_shows_one_error_line_and_exits_non_zero(overrides, message, smoke_cache, tmp_path):
-    proc = run_cli(*overrides.split(), output_dir=tmp_path, cache_dir=smoke_cache, check=False)
+def test_the_command_line_shows_one_error_line_and_exits_non_zero(cli, overrides, message, smoke_cache, tmp_path):
+    proc = cli(*overrides.split(), output_dir=tmp_path, cache_dir=smoke_cache, check=False)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -104,7 +104,7 @@ def _checkpoints(cache: Path) -> set[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_and_sigterm_say_what_stopped_and_the_rerun_finishes(smoke_cache, tmp_path):
+def test_ctrl_c_and_sigterm_say_what_stopped_and_the_rerun_finishes(cli, smoke_cache, tmp_path):
     # A new SFT (seed 7) that pauses after each periodic checkpoint: a window to interrupt it in.
     args = ("seed=7", "checkpoint.every=2", "checkpoint.debug_pause_s=30", "hydra.run.dir=" + str(tmp_path / "job"))
     for signum, code, name in ((signal.SIGINT, 130, "SIGINT (Ctrl-C)"), (signal.SIGTERM, 143, "SIGTERM")):
@@ -121,7 +121,7 @@ def test_ctrl_c_and_sigterm_say_what_stopped_and_the_rerun_finishes(smoke_cache,
         assert "Traceback" not in err
         assert json.loads((tmp_path / "job" / "run.json").read_text())["status"] == "interrupted"
         assert not list(tmp_path.glob("runs/*/results.json"))
-    done = run_cli(*args[:2], output_dir=tmp_path, cache_dir=smoke_cache)
+    done = cli(*args[:2], output_dir=tmp_path, cache_dir=smoke_cache)
     [r] = [json.loads(p.read_text()) for p in tmp_path.glob("runs/*/results.json")]
     assert r["sft_resumed_at"], "the rerun resumed SFT from the interrupted runs' checkpoint"
     assert "results:" in done.stdout
@@ -158,8 +158,8 @@ def test_status_shows_a_killed_local_cell_as_failed(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_empty_ratio_list_says_that_restoration_was_skipped(smoke_cache, tmp_path):
-    proc = run_cli("restore.ratios=[]", output_dir=tmp_path, cache_dir=smoke_cache)
+def test_an_empty_ratio_list_says_that_restoration_was_skipped(cli, smoke_cache, tmp_path):
+    proc = cli("restore.ratios=[]", output_dir=tmp_path, cache_dir=smoke_cache)
     assert "restoration: skipped on request (restore.ratios=[])" in proc.stdout
     [r] = [json.loads(p.read_text()) for p in tmp_path.glob("runs/*/results.json")]
     assert r["restore"] == [] and r["update_share"]  # Table 3's shares are still measured

@@ -410,10 +410,9 @@ def test_a_build_failing_with_enospc_is_one_line(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["zero 64 KiB of weights", "safetensors header", "probe.json"])
-def test_a_run_on_a_damaged_cache_stops_in_one_line(smoke_cache, tmp_path, damage):
+def test_a_run_on_a_damaged_cache_stops_in_one_line(cli, smoke_cache, tmp_path, damage):
     """Issue 18: zeroing 64 KiB inside the SFT weights gave exit 0 with other accuracy and KL; a damaged header or
     probe.json gave a SafetensorError / JSONDecodeError traceback."""
-    from conftest import run_cli
 
     cache = tmp_path / "cache"
     shutil.copytree(smoke_cache, cache)
@@ -426,7 +425,7 @@ def test_a_run_on_a_damaged_cache_stops_in_one_line(smoke_cache, tmp_path, damag
                         "probe.json": (0, b"[")}[damage]
         _overwrite(f, offset, data)
         assert f.stat().st_size == size
-    proc = run_cli(output_dir=tmp_path, cache_dir=cache, check=False)
+    proc = cli(output_dir=tmp_path, cache_dir=cache, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.splitlines()[-1].startswith(f"error: cache entry {cache / kind}/")
     assert proc.stderr.splitlines()[-1].endswith(f"is corrupt: {name} does not match its SHA-256 in {MARKER}; delete it to recompute")

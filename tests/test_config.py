@@ -1,33 +1,35 @@
 """Every config group option composes into a valid typed config; bad values give one-line errors."""
+from pathlib import Path
+
 import pytest
 
-from conftest import CONF
-from conftest import compose_config as _compose
 from sft_knowledge.config import Config, ConfigError, run_key, validate
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["model", "data", "mastery", "train", "eval", "kl", "restore", "logger", "resources", "experiment"])
-def test_every_group_option_composes_and_validates(group):
+@pytest.mark.parametrize("group", ["model", "data", "probe", "mastery", "train", "eval", "kl", "restore", "logger", "resources", "experiment"])
+def test_every_group_option_composes_and_validates(compose, group):
     assert _options(group), f"conf/{group} has no options"
     for option in _options(group):
-        cfg = _compose(f"{group}={option}")
+        cfg = compose(f"{group}={option}")
         assert isinstance(cfg, Config)
         validate(cfg)
 
 
-def test_defaults_are_the_papers():
-    cfg = _compose()
+def test_defaults_are_the_papers(compose):
+    cfg = compose()
     assert (cfg.probe.n_map, cfg.probe.n_sample, cfg.probe.temperature, cfg.probe.max_new_tokens) == (21, 10, 0.7, 32)
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.eval.max_new_tokens, cfg.kl.top_k, cfg.kl.level) == (1.0, 8, 16, 10, 4)
     assert cfg.restore.ratios == [0, 1, 3, 5, 10, 20, 40, 60] and cfg.restore.region == "transformer"
 
 
-def test_mastery_option_selects_bucket():
-    assert [_compose(f"mastery={b}").mastery.bucket for b in ("all", "d0", "d4")] == ["all", "d0", "d4"]
+def test_mastery_option_selects_bucket(compose):
+    assert [compose(f"mastery={b}").mastery.bucket for b in ("all", "d0", "d4")] == ["all", "d0", "d4"]
 
 
 @pytest.mark.parametrize(
@@ -55,17 +57,17 @@ def test_mastery_option_selects_bucket():
         ("data=entityquestions data.subset.candidates=0", "data.subset.candidates=0 is not allowed"),
     ],
 )
-def test_bad_values_are_one_line_errors(override, message):
+def test_bad_values_are_one_line_errors(compose, override, message):
     with pytest.raises(ConfigError) as err:
-        validate(_compose(*override.split()))
+        validate(compose(*override.split()))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_run_key_is_semantic():
-    base = _compose()
-    assert run_key(base) == run_key(_compose("logger=disabled", "paths.output_dir=/elsewhere", "name=other"))
-    assert run_key(base) != run_key(_compose("seed=1"))
-    assert run_key(base) != run_key(_compose("data.size=60"))
+def test_run_key_is_semantic(compose):
+    base = compose()
+    assert run_key(base) == run_key(compose("logger=disabled", "paths.output_dir=/elsewhere", "name=other"))
+    assert run_key(base) != run_key(compose("seed=1"))
+    assert run_key(base) != run_key(compose("data.size=60"))
     assert run_key(base).startswith("tiny_world-all-240-")
 
 
@@ -83,7 +85,7 @@ def test_two_sweeps_started_in_the_same_second_get_different_directories():
     assert a[: -len("-123456_run")] == b[: -len("-123456_run")] and a != b
 
 
-def test_slurm_profile_takes_resources_from_the_model_preset():
+def test_slurm_profile_takes_resources_from_the_model_preset(compose):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -92,14 +94,14 @@ def test_slurm_profile_takes_resources_from_the_model_preset():
         launcher = OmegaConf.to_container(launcher, resolve=True)
     assert (launcher["gpus_per_node"], launcher["cpus_per_task"], launcher["mem_gb"], launcher["nodes"]) == (8, 64, 1600, 1)
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["setup"] == ["export OMP_NUM_THREADS=64"]
-    assert _compose("resources=gpu8").resources.gpus == 8
-    assert run_key(_compose("resources=gpu8", "checkpoint.every=7")) == run_key(_compose())  # not semantic
+    assert compose("resources=gpu8").resources.gpus == 8
+    assert run_key(compose("resources=gpu8", "checkpoint.every=7")) == run_key(compose())  # not semantic
 
 
 @pytest.mark.parametrize("model, gpus", [("tiny_world", 0), ("llama3_8b", 4), ("llama2_13b", 4), ("llama3_70b", 8)])
-def test_a_model_picks_its_slurm_resources_and_the_command_line_overrides_them(model, gpus):
-    assert _compose(f"model={model}").resources.gpus == gpus
-    assert _compose(f"model={model}", "resources=gpu1").resources.gpus == 1
+def test_a_model_picks_its_slurm_resources_and_the_command_line_overrides_them(compose, model, gpus):
+    assert compose(f"model={model}").resources.gpus == gpus
+    assert compose(f"model={model}", "resources=gpu1").resources.gpus == 1
 
 
 def _sweep_axes(preset: str) -> dict[str, list[str]]:
@@ -122,22 +124,22 @@ REPEATS = ["0", "1", "2"]
     ("paper", {"mastery": ["all", "d0", "d1", "d2", "d3", "d4"], "data.size": ["60", "120", "240", "480", "960", "1920", "all"], "seed": REPEATS}),
     ("paper_lora", {"mastery": ["all"], "data.size": ["60", "120", "240", "480", "960", "1920", "all"], "seed": REPEATS}),
 ])
-def test_paper_presets_sweep_the_papers_grid_and_every_point_composes(preset, axes):
+def test_paper_presets_sweep_the_papers_grid_and_every_point_composes(compose, preset, axes):
     assert _sweep_axes(preset) == axes
     for key, values in axes.items():  # every value of every axis, the other axes at their first value
         for value in values:
             point = {k: v[0] for k, v in axes.items()} | {key: value}
-            cfg = _compose(f"experiment={preset}", *(f"{k}={v}" for k, v in point.items()))
+            cfg = compose(f"experiment={preset}", *(f"{k}={v}" for k, v in point.items()))
             validate(cfg)
             if "seed" in axes:  # a repeat re-draws the SFT subset as well as the SFT order
                 assert cfg.data.seed == cfg.seed == int(point["seed"])
 
 
-def test_paper_preset_turns_on_every_measurement_and_its_lora_run_differs_only_in_method():
-    paper, lora = _compose("experiment=paper"), _compose("experiment=paper_lora")
+def test_paper_preset_turns_on_every_measurement_and_its_lora_run_differs_only_in_method(compose):
+    paper, lora = compose("experiment=paper"), compose("experiment=paper_lora")
     assert paper.restore.ratios == [0, 1, 3, 5, 10, 20, 40, 60] and paper.restore.strategy == "top"
     assert paper.restore.layer_block_size == 4 and paper.kl.curve_points == 10 and paper.train.method == "full"
     assert lora.train.method == "lora" and lora.restore.ratios == [0] and lora.restore.layer_block_size == 0
-    table11 = _compose("experiment=table11", "mastery=d3")
+    table11 = compose("experiment=table11", "mastery=d3")
     assert (table11.restore.layer_block_size, table11.data.size, table11.mastery.bucket) == (4, 240, "d3")
-    assert _compose("experiment=figure2", "data.size=all").data.size == "all"
+    assert compose("experiment=figure2", "data.size=all").data.size == "all"

@@ -1,5 +1,6 @@
 """Per-level accuracy and the paper's macro mean, with empty levels reported as missing."""
-from sft_knowledge.evaluate import LevelAccuracy, level_subsets
+from sft_knowledge.evaluate import level_subsets
+from sft_knowledge.results import LevelAccuracy
 from sft_knowledge.data.facts import Fact
 
 

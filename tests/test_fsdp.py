@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from conftest import compose_config, run_cli
 from sft_knowledge.config import ConfigError
 from sft_knowledge.data.facts import Fact
 from sft_knowledge.decoding import next_token_logits, qa_prompt
 from sft_knowledge.fsdp import sft_fsdp
-from sft_knowledge.pipeline import KLCurve
+from sft_knowledge.recipe import KLReference
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.train import CheckpointConfig, SFTJob, TrainConfig, latest_checkpoint, sft
+from sft_knowledge.config import CheckpointConfig, TrainConfig
+from sft_knowledge.train import SFTJob, latest_checkpoint, sft
 
 # 21 facts: global batches of 8, 8 and 5; over two ranks with micro-batches of 2 the last one leaves rank 1 a
 # micro-batch short, which it must still run (zero-weighted) for FSDP's collectives.
@@ -41,7 +41,7 @@ def _job(cfg: TrainConfig, micro_batch_size: int | None = None, **kw) -> SFTJob:
 def test_two_gloo_processes_give_the_single_process_weights(tmp_path):
     model, tok = _base(tmp_path / "base")
     prompts = [qa_prompt(f.question) for f in FACTS[:6]]
-    curve = KLCurve(prompts, next_token_logits(model, tok, prompts), top_k=5, points=3)
+    curve = KLReference(prompts, prompts, next_token_logits(model, tok, prompts), top_k=5, curve_points=3, answer_filter=None).curve
     cfg = TrainConfig(batch_size=8, strategy="fsdp", fsdp_processes=2)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     single = sft(model, tok, _job(cfg, curve=curve))
@@ -106,12 +106,12 @@ def test_a_signalled_fsdp_sft_saves_every_shard_and_resumes_to_the_same_weights(
         assert torch.equal(got, want[name]), name
 
 
-def test_the_llama_models_pick_fsdp_the_70b_with_cpu_offload_and_the_command_line_overrides_it():
+def test_the_llama_models_pick_fsdp_the_70b_with_cpu_offload_and_the_command_line_overrides_it(compose):
     # fp32 master weights and AdamW state (16 bytes per parameter) fit no single 80 GB GPU from 7B up, 70B no 8 x 80 GB.
     picked = [(c.train.strategy, c.train.fsdp_cpu_offload, c.train.precision)
-              for c in (compose_config(f"model={m}") for m in ("llama2_7b", "llama3_8b", "llama2_13b", "llama3_70b"))]
+              for c in (compose(f"model={m}") for m in ("llama2_7b", "llama3_8b", "llama2_13b", "llama3_70b"))]
     assert picked == [("fsdp", False, "fp32_master")] * 3 + [("fsdp", True, "fp32_master")]
-    assert compose_config("model=llama3_70b", "train=full").train.strategy == "single"
+    assert compose("model=llama3_70b", "train=full").train.strategy == "single"
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 0, reason="checks the CPU machine's message")
@@ -139,15 +139,15 @@ def test_gpus_bf16_match_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_pipeline_with_fsdp_in_a_submitit_job_gives_the_single_process_results(smoke_cache, tmp_path):
+def test_the_pipeline_with_fsdp_in_a_submitit_job_gives_the_single_process_results(cli, smoke_cache, tmp_path):
     # As on SLURM, the cell runs in a submitit job (here a local one) and spawns its SFT processes there.
-    run_cli("-m", "hydra/launcher=local_parallel", "train=fsdp", "train.fsdp_processes=2", output_dir=tmp_path / "fsdp",
+    cli("-m", "hydra/launcher=local_parallel", "train=fsdp", "train.fsdp_processes=2", output_dir=tmp_path / "fsdp",
             cache_dir=smoke_cache)
-    run_cli(output_dir=tmp_path / "single", cache_dir=smoke_cache)  # the session fixture fine-tuned this one
+    cli(output_dir=tmp_path / "single", cache_dir=smoke_cache)  # the session fixture fine-tuned this one
     [fsdp], [single] = ([json.loads(p.read_text()) for p in (tmp_path / d).glob("runs/*/results.json")] for d in ("fsdp", "single"))
     assert fsdp["cache_hits"]["sft"] is False and fsdp["config"]["train"]["strategy"] == "fsdp"
     assert fsdp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-5)
     assert [p["kl_mean"] for p in fsdp["kl_curve"]] == pytest.approx([p["kl_mean"] for p in single["kl_curve"]], rel=1e-4)
-    assert fsdp["kl_test4"] == pytest.approx(single["kl_test4"], rel=1e-4)
+    assert fsdp["kl"]["mean"] == pytest.approx(single["kl"]["mean"], rel=1e-4)
     # Greedy answers of weights 1e-6 apart can still flip on a near-tie: accuracies within a point.
     assert fsdp["acc_test"] == pytest.approx(single["acc_test"], abs=1) and fsdp["acc_testood"] == pytest.approx(single["acc_testood"], abs=1)

@@ -1,7 +1,6 @@
 """Real-model configs: each composes with the paper's per-size defaults; without weights or network, one line says what to set."""
 import pytest
 
-from conftest import compose_config, run_cli
 from sft_knowledge.config import ModelError, validate
 from sft_knowledge.models import check_hub_access, hub_source
 
@@ -12,8 +11,8 @@ REAL = {"llama2_7b": ("meta-llama/Llama-2-7b-hf", 4), "llama2_13b": ("meta-llama
 
 
 @pytest.mark.parametrize("name", sorted(REAL))
-def test_real_model_configs_compose_with_per_size_defaults(name):
-    cfg = compose_config(f"model={name}", "data=entityquestions", "train=lora")
+def test_real_model_configs_compose_with_per_size_defaults(compose, name):
+    cfg = compose(f"model={name}", "data=entityquestions", "train=lora")
     validate(cfg)
     hub_id, gpus = REAL[name]
     m = cfg.model
@@ -30,14 +29,14 @@ def test_offline_hub_model_fails_in_one_line_saying_what_to_set(monkeypatch):
         hub_source("meta-llama/Llama-2-7b-hf", "/no/such/dir")
 
 
-def test_cli_with_an_unreachable_model_exits_with_one_line(tmp_path):
+def test_cli_with_an_unreachable_model_exits_with_one_line(cli, tmp_path):
     # n_gpus=1: the 4 GPUs of its fp32-master FSDP default are checked first, and this machine has none.
-    proc = run_cli("model=llama2_7b", "model.n_gpus=1", output_dir=tmp_path, check=False)
+    proc = cli("model=llama2_7b", "model.n_gpus=1", output_dir=tmp_path, check=False)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model=llama2_7b: cannot read meta-llama/Llama-2-7b-hf")
     assert not list(tmp_path.glob("runs/*/results.json"))
 
 
-def test_tiny_world_model_refuses_real_data(tmp_path):
-    proc = run_cli("data=entityquestions", output_dir=tmp_path, check=False)
+def test_tiny_world_model_refuses_real_data(cli, tmp_path):
+    proc = cli("data=entityquestions", output_dir=tmp_path, check=False)
     assert proc.returncode != 0 and "error: model=tiny_world is pretrained on the synthetic world" in proc.stderr

@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from conftest import compose_config
 from sft_knowledge.config import ConfigError, validate
 from sft_knowledge.data.facts import Fact
 from sft_knowledge.decoding import encode_examples, qa_prompt
 from sft_knowledge.fsdp import sft_fsdp
 from sft_knowledge.pretrain import train_tokenizer
 from sft_knowledge.restore import in_region, select_thresholds
-from sft_knowledge.train import MasterWeights, SFTJob, TrainConfig, _batch, cosine_lr, sft
+from sft_knowledge.config import TrainConfig
+from sft_knowledge.train import MasterWeights, SFTJob, _batch, cosine_lr, sft
 
 # 32 facts, 2 epochs of batches of 8: 8 optimizer steps.
 FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
@@ -153,14 +153,14 @@ def test_master_weights_leave_float32_models_and_lora_adapters_alone(tok):
     assert MasterWeights(_model(tok), "pure").params == []
 
 
-def test_precision_is_validated_and_llama3_8b_defaults_to_fp32_masters_over_four_gpus():
-    cfg = compose_config("model=llama3_8b")
+def test_precision_is_validated_and_llama3_8b_defaults_to_fp32_masters_over_four_gpus(compose):
+    cfg = compose("model=llama3_8b")
     validate(cfg)
     assert (cfg.train.precision, cfg.train.strategy, cfg.resources.gpus, cfg.model.n_gpus, cfg.model.dtype) == (
         "fp32_master", "fsdp", 4, 4, "bfloat16")
-    assert compose_config("model=llama3_8b", "train.precision=pure").train.precision == "pure"
+    assert compose("model=llama3_8b", "train.precision=pure").train.precision == "pure"
     with pytest.raises(ConfigError, match="^train.precision='fp16' is not allowed: expected fp32_master, pure$"):
-        validate(compose_config("train.precision=fp16"))
+        validate(compose("train.precision=fp16"))
 
 
 class ComputeDtypes:

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from conftest import compose_config
 from sft_knowledge.cache import Cache
 from sft_knowledge.data.facts import KnowledgeBase
 from sft_knowledge.models import build_tiny_world, load
@@ -13,8 +12,8 @@ from sft_knowledge.probe import probe
 pytestmark = pytest.mark.slow
 
 
-def test_sampling_and_likelihood_put_facts_in_the_same_levels(smoke_cache):
-    cfg = compose_config("experiment=smoke", f"paths.cache_dir={smoke_cache}")
+def test_sampling_and_likelihood_put_facts_in_the_same_levels(compose, smoke_cache):
+    cfg = compose("experiment=smoke", f"paths.cache_dir={smoke_cache}")
     world = build_world(cfg.data.world)
     path, hit = build_tiny_world(Cache(smoke_cache), world, cfg.model.pretrain, cfg.data.world)
     assert hit

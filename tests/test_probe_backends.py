@@ -11,11 +11,11 @@ import types
 import pytest
 import torch
 
-from conftest import compose_config, run_cli
 from sft_knowledge import probe as probe_module
 from sft_knowledge.config import ConfigError, validate
 from sft_knowledge.data.facts import Fact, KnowledgeBase, Relation
-from sft_knowledge.probe import ProbeConfig, probe
+from sft_knowledge.config import ProbeConfig
+from sft_knowledge.probe import probe
 
 BOS = 1
 TEMPLATES = ("{subject} was born in", "The birthplace of {subject} is")
@@ -114,9 +114,9 @@ def test_vllm_and_hf_backends_give_the_hand_computed_levels_from_the_same_texts(
     assert (engine.model, engine.dtype, engine.seed) == ("/cache/base_model/abc", "bfloat16", 3)
 
 
-def test_vllm_backend_is_a_config_choice_validated_before_any_stage(monkeypatch):
-    cfg = compose_config("probe.backend=vllm")
-    assert cfg.probe.backend == "vllm" and compose_config().probe.backend == "hf"
+def test_vllm_backend_is_a_config_choice_validated_before_any_stage(compose, monkeypatch):
+    cfg = compose("probe.backend=vllm")
+    assert cfg.probe.backend == "vllm" and compose().probe.backend == "hf"
     monkeypatch.setitem(sys.modules, "vllm", None)  # not installed: find_spec answers None, import fails
     with pytest.raises(ConfigError) as err:
         validate(cfg)
@@ -127,8 +127,8 @@ def test_vllm_backend_is_a_config_choice_validated_before_any_stage(monkeypatch)
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
-def test_without_vllm_the_run_stops_in_one_line_and_writes_no_result(tmp_path):
-    proc = run_cli("probe.backend=vllm", output_dir=tmp_path, check=False)
+def test_without_vllm_the_run_stops_in_one_line_and_writes_no_result(cli, tmp_path):
+    proc = cli("probe.backend=vllm", output_dir=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == ("error: probe.backend=vllm needs the vllm package: "
                                                     "`pip install vllm` on a GPU node, or use probe.backend=hf")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
 from sft_knowledge.train import latest_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent  # the project: subprocesses run from it
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -11,7 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sft_knowledge.data.facts import Fact
 from sft_knowledge.decoding import encode_examples, qa_prompt
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.train import IGNORE, CheckpointConfig, SFTJob, TrainConfig, _batch, cosine_lr, latest_checkpoint, sft
+from sft_knowledge.config import CheckpointConfig, TrainConfig
+from sft_knowledge.train import IGNORE, SFTJob, _batch, cosine_lr, latest_checkpoint, sft
 
 FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
 

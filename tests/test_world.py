@@ -2,7 +2,8 @@
 from collections import Counter
 
 from sft_knowledge.data.facts import normalise
-from sft_knowledge.data.synthetic import SyntheticWorldConfig, build_world
+from sft_knowledge.config import SyntheticWorldConfig
+from sft_knowledge.data.synthetic import build_world
 
 SMALL = SyntheticWorldConfig(n_train=500, n_test=200, n_testood=120, n_bridge_per_relation=5, pool_scale=0.3)
 
