@@ -79,6 +79,10 @@ class RestorePoint:
     acc: Accuracies
     acc_train: float | None = None  # on the SFT subset (paper Table 6); None in results written before it was kept
 
+    def accuracy(self, split: str) -> float | None:
+        """Macro accuracy on an evaluation split, or (split `train`) on the SFT subset."""
+        return self.acc_train if split == "train" else self.acc[split].acc
+
     def to_json(self) -> dict[str, Any]:
         return _plain(self, ("acc", "acc_train")) | _acc_to_json(self.acc) | {"acc_train": self.acc_train}
 
@@ -93,6 +97,9 @@ class BlockPoint:
     layers: list[int]
     n_restored: int
     acc: Accuracies
+
+    def accuracy(self, split: str) -> float | None:
+        return self.acc[split].acc
 
     def to_json(self) -> dict[str, Any]:
         return _plain(self, ("acc",)) | _acc_to_json(self.acc)
@@ -142,6 +149,12 @@ class RunResult:
     @property
     def kl_mean(self) -> float | None:
         return None if self.kl is None else self.kl.mean
+
+    def accuracy(self, split: str, level: int | None = None) -> float | None:
+        """Accuracy on an evaluation split: its macro mean, or that of one level; split `train`: on the SFT subset."""
+        if split == "train":
+            return self.acc_train
+        return self.acc[split].acc if level is None else self.acc[split].acc_level[level]
 
     def to_json(self) -> dict[str, Any]:
         kl = asdict(self.kl) if self.kl is not None else {"missing": self.kl_missing}

@@ -8,7 +8,6 @@ Re-running the sweep's command computes only the cells that are not done.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -16,18 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from .overrides import expand
+from .sweep import Job, SweepError, read_jobs
 
 STATES = ("done", "running", "failed", "missing")
-
-
-def planned_cells(sweep_dir: Path) -> list[list[str]]:
-    """The overrides of every cell, in job-number order (the sweeper's params, then the command line's)."""
-    cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
-    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
-    return expand(params + list(cfg.hydra.overrides.task))
 
 
 def slurm_queue() -> dict[str, str] | None:
@@ -45,12 +35,12 @@ def slurm_queue() -> dict[str, str] | None:
     return queue
 
 
-def _gone(info: dict) -> bool:
+def _gone(job: Job) -> bool:
     """A local cell's process (no SLURM job) that no longer exists on this host: it was killed."""
-    if info.get("host") != socket.gethostname() or "pid" not in info:
+    if job.info.host != socket.gethostname() or job.info.pid is None:
         return False  # another machine's process: cannot tell from here
     try:
-        os.kill(info["pid"], 0)
+        os.kill(job.info.pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
@@ -58,40 +48,42 @@ def _gone(info: dict) -> bool:
     return False
 
 
+def _state(job: Job, queue: dict[str, str] | None, submitted: list[str], log: Path) -> tuple[str, str]:
+    """A cell's state and its detail line."""
+    info = job.info
+    if job.result is not None:
+        r = job.result
+        kl = "-" if r.kl_mean is None else f"{r.kl_mean:.4f}"
+        return "done", f"acc_test {r.accuracy('test')}, KL D_test-{r.kl_level} {kl}: {job.results_path}"
+    if info is not None and info.status in ("failed", "interrupted"):
+        return "failed", f"error: {info.error or '?'} (log: {log})"  # an interruption's says so
+    if info is not None and info.status == "running":
+        job_id = info.slurm_job_id
+        if queue is not None and job_id is not None and job_id not in queue:
+            return "failed", f"error: SLURM job {job_id} ended without finishing (killed: time, memory or node?) (log: {log})"
+        if job_id is None and _gone(job):
+            return "failed", (f"interrupted: its process {info.pid} on {info.host} ended without finishing "
+                              f"(killed?); re-run the sweep's command to resume")
+        return "running", f"run {info.run_key}" + (f", SLURM job {job_id}" if job_id else "")
+    if queue is not None and submitted and submitted[-1] in queue:
+        return "running", f"SLURM job {submitted[-1]} {queue[submitted[-1]]}"
+    return "missing", "never started, or its job died before starting; re-run the sweep's command"
+
+
 def cell_states(sweep_dir: Path) -> list[dict]:
     """One record per planned cell: job number, overrides, state and a detail line."""
     sweep_dir = Path(sweep_dir)
     queue = slurm_queue()
-    rows, cells = [], planned_cells(sweep_dir)
+    jobs = read_jobs(sweep_dir, planned=True)
     folders = [p.name for p in (sweep_dir / ".submitit").glob("*") if p.is_dir()]
-    for job, overrides in enumerate(cells):
-        run_json = sweep_dir / str(job) / "run.json"
-        info = json.loads(run_json.read_text()) if run_json.exists() else {}
-        results = Path(info["run_dir"]) / "results.json" if "run_dir" in info else None
+    rows = []
+    for job in jobs:
         # submitit's folder of the cell: `<array id>_<job>`, or the plain job id when the sweep has one cell
-        submitted = sorted(f for f in folders if f.endswith(f"_{job}") or (f.isdigit() and len(cells) == 1))
+        submitted = sorted(f for f in folders if f.endswith(f"_{job.number}") or (f.isdigit() and len(jobs) == 1))
         # submitit's log of the job holds its stderr (errors, tracebacks); Hydra's job log otherwise
-        log = sweep_dir / ".submitit" / submitted[-1] / f"{submitted[-1]}_0_log.err" if submitted else sweep_dir / str(job) / "run.log"
-        if results is not None and results.exists():
-            r = json.loads(results.read_text())
-            kl = "-" if r["kl_test4"] is None else f"{r['kl_test4']:.4f}"
-            state, detail = "done", f"acc_test {r['acc_test']}, kl_test4 {kl}: {results}"
-        elif info.get("status") in ("failed", "interrupted"):
-            state, detail = "failed", f"error: {info.get('error', '?')} (log: {log})"  # an interruption's says so
-        elif info.get("status") == "running":
-            job_id = info.get("slurm_job_id")
-            if queue is not None and job_id is not None and job_id not in queue:
-                state, detail = "failed", f"error: SLURM job {job_id} ended without finishing (killed: time, memory or node?) (log: {log})"
-            elif job_id is None and _gone(info):
-                state, detail = "failed", (f"interrupted: its process {info['pid']} on {info['host']} ended without finishing "
-                                           f"(killed?); re-run the sweep's command to resume")
-            else:
-                state, detail = "running", f"run {info['run_key']}" + (f", SLURM job {job_id}" if job_id else "")
-        elif queue is not None and submitted and submitted[-1] in queue:
-            state, detail = "running", f"SLURM job {submitted[-1]} {queue[submitted[-1]]}"
-        else:
-            state, detail = "missing", "never started, or its job died before starting; re-run the sweep's command"
-        rows.append({"job": job, "overrides": overrides, "state": state, "detail": detail})
+        log = sweep_dir / ".submitit" / submitted[-1] / f"{submitted[-1]}_0_log.err" if submitted else job.dir / "run.log"
+        state, detail = _state(job, queue, submitted, log)
+        rows.append({"job": job.number, "overrides": job.overrides, "state": state, "detail": detail})
     return rows
 
 
@@ -115,7 +107,10 @@ def main(argv: list[str]) -> None:
     sweep_dir = Path(argv[0])
     if not (sweep_dir / "multirun.yaml").exists():
         sys.exit(f"error: {sweep_dir} is not a sweep directory (no multirun.yaml)")
-    print(report(sweep_dir))
+    try:
+        print(report(sweep_dir))
+    except SweepError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

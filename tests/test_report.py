@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -12,9 +14,15 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
+from sft_knowledge import results
 from sft_knowledge.config import digest
+from sft_knowledge.data.facts import LEVEL_NAMES, LEVELS
 from sft_knowledge.report import Paper, main, write_report
 from sft_knowledge.report.tables import restored_shares
+from sft_knowledge.results import BlockPoint, KLSummary, LevelAccuracy, RestorePoint, RunResult
+from sft_knowledge.status import report as status_report
+from sft_knowledge.summary import run_summary, sweep_summary
+from sft_knowledge.sweep import read_jobs, unfinished
 
 FIGURES = ("figure2_acc_vs_size.png", "figure4_acc_test4.png", "figure5_kl.png", "figure_restoration.png")
 TABLES = ("cells.csv", "table1_level_counts.csv", "figure2_acc_vs_size.csv", "table2_bucket_x_level.csv", "figure4_5_acc_test4_kl.csv",
@@ -38,26 +46,38 @@ def _per_tensor(ratio: float, acc: float) -> dict[str, int]:
             "model.layers.1.mlp.down_proj.weight": 4 * ratio + int(acc)}
 
 
+def _accuracy(test: float, testood: float, test_levels: list[float] | None = None) -> dict[str, LevelAccuracy]:
+    """Accuracies of both evaluation splits: every level at the macro mean unless `test_levels` says otherwise."""
+    def split(macro: float, levels: list[float] | None) -> LevelAccuracy:
+        return LevelAccuracy(levels or [macro] * len(LEVELS), [10] * len(LEVELS), macro, list(LEVELS))
+    return {"test": split(test, test_levels), "testood": split(testood, None)}
+
+
 def _results(config: dict, acc: float, ratios=(0, 5, 20), acc_train: bool = True, blocks=((0, 3), (28, 31)),
-             level_counts: dict | None = None) -> dict:
-    """A results.json with the fields the report reads; accuracies derived from `acc` so each cell differs.
+             level_counts: dict | None = None, kl_level: int = 4) -> RunResult:
+    """A run's results with the fields the report reads; accuracies derived from `acc` so each cell differs.
 
-    Restoring r% gives acc_test acc + r/10, acc_testood acc/2 + r/10, acc_train acc + 30 + r/4 (left out with
+    Restoring r% gives acc_test acc + r/10, acc_testood acc/2 + r/10, acc_train acc + 30 + r/4 (None with
     acc_train=False, like results from before it was recorded); block (a, b) gives acc_test acc - 10 + a/4."""
-    levels = [acc + lv for lv in range(5)]
-    restore = [{"ratio": r, "strategy": config["restore"]["strategy"], "region": "transformer",
-                "acc_test": acc + r / 10, "acc_testood": acc / 2 + r / 10, "per_tensor": _per_tensor(r, acc) if r else {},
-                **({"acc_train": acc + 30 + r / 4} if acc_train else {})} for r in ratios]
-    return {"run_key": f"{config['model']['name']}-{config['mastery']['bucket']}-{config['data']['size']}-{digest(config)}",
-            "config": config, "level_counts": level_counts or LEVEL_COUNTS, "n_train_facts": config["data"]["size"],
-            "acc_test": statistics.fmean(levels), "acc_test_level": levels, "acc_testood": acc / 2, "acc_testood_level": [acc / 2] * 5,
-            "kl_level": 4, "kl": {"mean": acc / 10}, "kl_test4": acc / 10, "restore": restore,
-            "restore_blocks": [{"layers": list(b), "acc_test": acc - 10 + b[0] / 4, "acc_testood": acc / 2 - 10} for b in blocks],
-            "update_share": {"1": 70.0 + acc / 100, "20": 92.0}}
+    levels = [acc + lv for lv in LEVELS]
+    restore = [RestorePoint(r, config["restore"]["strategy"], "transformer", config["restore"].get("scope", "global"),
+                            n_restored=10 * r, n_region=1000, change_share=2.0 * r, per_tensor=_per_tensor(r, acc) if r else {},
+                            acc=_accuracy(acc + r / 10, acc / 2 + r / 10), acc_train=acc + 30 + r / 4 if acc_train else None)
+               for r in ratios]
+    kl = KLSummary(mean=acc / 10, median=acc / 12, p90=acc / 8, max=acc / 5, n=7, histogram=[7] + [0] * 19,
+                   bin_edges=[acc / 100 * i for i in range(21)])
+    return RunResult(
+        run_key=f"{config['model']['name']}-{config['mastery']['bucket']}-{config['data']['size']}-{digest(config)}",
+        config=config, level_counts=level_counts or LEVEL_COUNTS, n_train_facts=config["data"]["size"],
+        acc=_accuracy(statistics.fmean(levels), acc / 2, levels), acc_train=acc + 30, kl_level=kl_level, kl=kl, kl_missing=None,
+        kl_filter={"n_candidates": 9, "n_kept": 7}, kl_curve=[{"step": 0, "kl_mean": 0.0}, {"step": 4, "kl_mean": acc / 10}],
+        restore=restore, restore_blocks=[BlockPoint(list(b), 4, _accuracy(acc - 10 + b[0] / 4, acc / 2 - 10)) for b in blocks],
+        update_share={"1": 70.0 + acc / 100, "20": 92.0}, train_loss=[2.0, 1.0], sft_resumed_at=[], cache_hits={"sft": False},
+        timings={"sft": 1.5, "evaluate": 0.5})
 
 
-def make_sweep(root: Path, jobs: list[dict | tuple[dict, str]], name: str = "sweep") -> Path:
-    """A sweep directory as `run -m` leaves it: a results dict is a finished job, (config, error) a failed one."""
+def make_sweep(root: Path, jobs: list[RunResult | tuple[dict, str]], name: str = "sweep") -> Path:
+    """A sweep directory as `run -m` leaves it: a RunResult is a finished job, (config, error) a failed one."""
     sweep = root / name
     for num, job in enumerate(jobs):
         job_dir = sweep / str(num)
@@ -67,10 +87,10 @@ def make_sweep(root: Path, jobs: list[dict | tuple[dict, str]], name: str = "swe
             (job_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "logger": {"mode": "disabled"}}))
             (job_dir / "run.json").write_text(json.dumps({"run_key": "k", "run_dir": str(root / "runs" / "k"), "status": "failed", "error": error}))
             continue
-        run_dir = root / "runs" / job["run_key"]
+        run_dir = root / "runs" / job.run_key
         run_dir.mkdir(parents=True)
-        (run_dir / "results.json").write_text(json.dumps(job))
-        (job_dir / "run.json").write_text(json.dumps({"run_key": job["run_key"], "run_dir": str(run_dir), "status": "done"}))
+        (run_dir / "results.json").write_text(json.dumps(job.to_json()))
+        (job_dir / "run.json").write_text(json.dumps({"run_key": job.run_key, "run_dir": str(run_dir), "status": "done"}))
     return sweep
 
 
@@ -268,6 +288,87 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, monkeypatch):
         main([])
 
 
+def test_results_json_round_trips_and_older_files_still_load(tmp_path):
+    r = _results(_config("d2", 240), 42.0, acc_train=False)
+    r.restore_blocks[0].acc["test"].acc_level[2] = None  # an empty level
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(r.to_json()))
+    written = json.loads(path.read_text())
+    assert results.load(path).to_json() == written and "kl_test4" not in written
+    # Written before the KL was named by its level: `kl_test4` beside `kl`, no kl_level, kl_filter or timings.
+    old = {k: v for k, v in written.items() if k not in ("kl_level", "kl_filter", "timings", "sft_resumed_at")}
+    path.write_text(json.dumps(old | {"kl_test4": written["kl"]["mean"]}))
+    loaded = results.load(path)
+    assert (loaded.kl_level, loaded.kl_mean, loaded.timings) == (4, 4.2, {}) and loaded.accuracy("test", 4) == 46.0
+    assert loaded.to_json() == written | {"kl_filter": {}, "timings": {}}
+
+
+def _planned_sweep(root: Path, kl_level: int = 4) -> tuple[Path, list[RunResult]]:
+    """A sweep as its driver leaves it mid-way: six planned cells (multirun.yaml), job 0 and 4 done, 1 failed, 2 running
+    in this process, 3 running in a process that has ended, 5 without a job directory."""
+    sweep = root / "sweep"
+    sweep.mkdir()
+    params = {"mastery.bucket": "d0,d4", "data.size": "60,240,1920"}
+    (sweep / "multirun.yaml").write_text(json.dumps({"hydra": {"sweeper": {"params": params}, "overrides": {"task": ["seed=0"]}}}))
+    done = [_results(_config("d0", 60), 10.0, kl_level=kl_level), _results(_config("d4", 240), 55.0, kl_level=kl_level)]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    records = {0: {"run_key": done[0].run_key, "status": "done"}, 1: {"run_key": "k1", "status": "failed", "error": "DataError: too small"},
+               2: {"run_key": "k2", "status": "running", "pid": os.getpid(), "host": socket.gethostname()},
+               3: {"run_key": "k3", "status": "running", "pid": dead.pid, "host": socket.gethostname()},
+               4: {"run_key": done[1].run_key, "status": "done"}}
+    for r in done:
+        (root / "runs" / r.run_key).mkdir(parents=True)
+        (root / "runs" / r.run_key / "results.json").write_text(json.dumps(r.to_json()))
+    for job, record in records.items():
+        (sweep / str(job)).mkdir()
+        (sweep / str(job) / "run.json").write_text(json.dumps(record | {"run_dir": str(root / "runs" / record["run_key"])}))
+    return sweep, done
+
+
+def test_status_summary_and_unfinished_read_the_same_planned_cells(tmp_path):
+    sweep, done = _planned_sweep(tmp_path)
+    assert [(j.number, j.status, j.overrides) for j in read_jobs(sweep, planned=True)][4:] == [
+        (4, "done", ["mastery.bucket=d4", "data.size=240", "seed=0"]), (5, "missing", ["mastery.bucket=d4", "data.size=1920", "seed=0"])]
+    assert [j.number for j in read_jobs(sweep)] == [0, 1, 2, 3, 4]  # without the plan: the job directories
+    assert unfinished(sweep) == 4
+    proc = subprocess.run([sys.executable, "-m", "sft_knowledge.status", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"sweep {sweep}: 6 cells: 2 done, 1 running, 2 failed, 1 missing"
+    assert lines[1] == (f"  done       0  mastery.bucket=d0 data.size=60           acc_test 12.0, KL D_test-4 1.0000: "
+                        f"{tmp_path / 'runs' / done[0].run_key / 'results.json'}")
+    assert lines[3] == "  running    2  mastery.bucket=d0 data.size=1920         run k2"  # its process is this test
+    assert lines[4] == f"  failed     1  mastery.bucket=d0 data.size=240          error: DataError: too small (log: {sweep / '1' / 'run.log'})"
+    assert lines[5].startswith("  failed     3  mastery.bucket=d4 data.size=60           interrupted: its process ")
+    assert lines[6] == ("  missing    5  mastery.bucket=d4 data.size=1920         never started, or its job died before starting; "
+                        "re-run the sweep's command")
+    table = sweep_summary(sweep).splitlines()
+    assert table[0] == f"sweep {sweep}: 2 of 6 cells done"
+    assert "Acc D_test-4 KL D_test-4  best restore (ratio: acc_test)" in table[1]
+    assert table[2] == "   0  d0        60      12.0     5.0          14.0      1.0000  20%: 12.0                       done"
+    assert table[3].startswith("   1  DataError: too small") and table[3].endswith("  failed") and table[7].endswith("  missing")
+    assert "knowledge check: fine-tuned on 240 D-4 facts, the model answers 59.0% of D_test-4 (extractable)" in table
+    assert "KL on D_test-4 (n=7): mean 1.0000" in run_summary(done[0])
+
+
+def test_the_kl_is_named_by_its_level(tmp_path):
+    sweep, done = _planned_sweep(tmp_path, kl_level=3)
+    assert "KL D_test-3 1.0000" in status_report(sweep) and "KL D_test-3" in sweep_summary(sweep).splitlines()[1]
+    assert "KL on D_test-3 (n=7): mean 1.0000" in run_summary(done[0])
+    md = write_report(sweep).joinpath("report.md").read_text()
+    assert "| training bucket | SFT facts | Acc D_test-4 | KL on D_test-3 | runs |" in md
+    assert "KL on D_test-3" in (sweep / "report" / "figure4_5_acc_test4_kl.csv").read_text()
+
+
+def test_a_bad_run_json_is_one_line(tmp_path):
+    sweep, _ = _planned_sweep(tmp_path)
+    (sweep / "1" / "run.json").write_text("{")
+    proc = subprocess.run([sys.executable, "-m", "sft_knowledge.status", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: a run.json under {sweep} is not valid JSON")
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.slow
 def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbers(smoke_cache, smoke_level_counts, tmp_path):
     # Sizes from this machine's own levels (pretraining's floats differ between CPU kernels): the second size is one
@@ -279,9 +380,9 @@ def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbe
     proc = run_cli("-m", "mastery=d0,d4", f"data.size=20,{big}", "restore.ratios=[0,10]", "restore.layer_block_size=2", "eval.max_per_level=20",
                    f"hydra.sweep.dir={sweep}", output_dir=tmp_path, cache_dir=smoke_cache, check=False)
     assert proc.returncode != 0
-    results = {(r["config"]["mastery"]["bucket"], r["config"]["data"]["size"]): r
-               for r in (json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/results.json"))}
-    assert set(results) == {("d0", 20), ("d4", 20), ("d4", big)}
+    runs = {(r.config["mastery"]["bucket"], r.config["data"]["size"]): r
+            for r in (results.load(p) for p in (tmp_path / "runs").glob("*/results.json"))}
+    assert set(runs) == {("d0", 20), ("d4", 20), ("d4", big)}
 
     made = _report_cli(str(sweep))
     assert made.returncode == 0, made.stderr
@@ -294,46 +395,46 @@ def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbe
     def check(table: str, value) -> list[dict]:
         rows = _csv(out / table)
         for row in rows:
-            r = results[(row["bucket"], int(row["size"]))]
+            r = runs[(row["bucket"], int(row["size"]))]
             assert float(row["mean"]) == value(r, row) and row["n"] == "1" and row["std"] == "", (table, row)
         return rows
 
-    t2 = check("table2_bucket_x_level.csv", lambda r, row: r[f"acc_{row['split']}"] if row["level"] == "macro"
-               else r[f"acc_{row['split']}_level"][int(row["level"][2])])
-    assert len(t2) == sum(a is not None for r in results.values() for s in ("test", "testood") for a in [r[f"acc_{s}"], *r[f"acc_{s}_level"]])
+    t2 = check("table2_bucket_x_level.csv", lambda r, row: r.accuracy(row["split"], None if row["level"] == "macro"
+                                                                      else LEVEL_NAMES.index(row["level"])))
+    assert len(t2) == sum(a is not None for r in runs.values() for s in r.acc.values() for a in [s.acc, *s.acc_level])
     assert all(row["paper"] == "" for row in t2)  # the embedded world is no paper setting
-    t4 = check("table4_restoration.csv", lambda r, row: next(x[f"acc_{row['split']}"] for x in r["restore"] if x["ratio"] == float(row["ratio"])))
+    t4 = check("table4_restoration.csv", lambda r, row: next(p.accuracy(row["split"]) for p in r.restore if p.ratio == float(row["ratio"])))
     assert len(t4) == 3 * 2 * 2
-    t3 = check("table3_update_share.csv", lambda r, row: r["update_share"][row["top_percent"]])
+    t3 = check("table3_update_share.csv", lambda r, row: r.update_share[row["top_percent"]])
     assert len(t3) == 3 * 7
-    metric = {"Acc_test": lambda r: r["acc_test"], "Acc_testood": lambda r: r["acc_testood"],
-              "Acc D_test-4": lambda r: r["acc_test_level"][4], "KL on D_test-4": lambda r: r["kl_test4"]}
+    metric = {"Acc_test": lambda r: r.accuracy("test"), "Acc_testood": lambda r: r.accuracy("testood"),
+              "Acc D_test-4": lambda r: r.accuracy("test", 4), "KL on D_test-4": lambda r: r.kl_mean}
     assert len(check("figure2_acc_vs_size.csv", lambda r, row: metric[row["metric"]](r))) == 3 * 2
     assert len(check("figure4_5_acc_test4_kl.csv", lambda r, row: metric[row["metric"]](r))) == 3 * 2
 
     t1 = _csv(out / "table1_level_counts.csv")
     assert {(r["split"], r["level"]): (float(r["mean"]), r["n"]) for r in t1} == {
         (split, level): (float(sum(counts) if level == "total" else counts[int(level[2])]), "3")
-        for split, counts in smoke_level_counts.items() for level in [*(f"D-{lv}" for lv in range(5)), "total"]}  # one probe for all cells
-    t6 = check("table6_train_acc.csv", lambda r, row: next(x["acc_train"] for x in r["restore"] if x["ratio"] == float(row["ratio"])))
-    assert len(t6) == sum("acc_train" in x for r in results.values() for x in r["restore"])  # absent before it was recorded
+        for split, counts in smoke_level_counts.items() for level in [*LEVEL_NAMES, "total"]}  # one probe for all cells
+    t6 = check("table6_train_acc.csv", lambda r, row: next(p.acc_train for p in r.restore if p.ratio == float(row["ratio"])))
+    assert len(t6) == sum(p.acc_train is not None for r in runs.values() for p in r.restore)  # absent before it was recorded
     for table, by in (("table9_restored_by_layer.csv", "layer"), ("table10_restored_by_module.csv", "module")):
-        rows = check(table, lambda r, row, by=by: restored_shares(next(x for x in r["restore"] if x["ratio"] == 10)["per_tensor"], by)[row[by]])
+        rows = check(table, lambda r, row, by=by: restored_shares(next(p for p in r.restore if p.ratio == 10).per_tensor, by)[row[by]])
         assert {r[by] for r in rows} == ({"0", "1", "2", "3"} if by == "layer" else
                                           {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"})
         for cell in {(r["bucket"], r["size"]) for r in rows}:
             assert sum(float(r["mean"]) for r in rows if (r["bucket"], r["size"]) == cell) == pytest.approx(100)
-    t11 = check("table11_layer_blocks.csv", lambda r, row: r[f"acc_{row['split']}"] if row["layers"] == "none" else next(
-        x[f"acc_{row['split']}"] for x in r["restore_blocks"] if f"{x['layers'][0]}-{x['layers'][1]}" == row["layers"]))
+    t11 = check("table11_layer_blocks.csv", lambda r, row: r.accuracy(row["split"]) if row["layers"] == "none" else next(
+        b.accuracy(row["split"]) for b in r.restore_blocks if f"{b.layers[0]}-{b.layers[1]}" == row["layers"]))
     assert {r["layers"] for r in t11} == {"none", "0-1", "2-3"} and len(t11) == 3 * 2 * 3
     t7 = {(r["strategy"], r["split"]): r for r in _csv(out / "table7_strategies.csv")}
-    best = max(results.values(), key=lambda r: r["restore"][1]["acc_test"])
+    best = max(runs.values(), key=lambda r: r.restore[1].accuracy("test"))
     restored = t7[("Parameter restoration (top-k), best cell and ratio", "test")]
-    assert float(restored["mean"]) == best["restore"][1]["acc_test"] and restored["setting"].endswith("10% restored")
+    assert float(restored["mean"]) == best.restore[1].accuracy("test") and restored["setting"].endswith("10% restored")
 
     cells = _csv(out / "cells.csv")
     assert [(c["bucket"], c["size"], c["status"]) for c in cells] == [("d0", "20", "done"), ("d0", str(big), "failed"), ("d4", "20", "done"), ("d4", str(big), "done")]
     assert cells[1]["error"].startswith(f"data.size={big} is larger than the bucket, which holds {held[0]} facts")
     md = (out / "report.md").read_text()
     assert "3 of 4 jobs finished" in md and "| 1 | failed |" in md and "failed (job 1)" in md and "Paper comparison: none" in md
-    assert f"| D-4 | {big} | {results[('d4', big)]['acc_test']:.2f} | {results[('d4', big)]['acc_testood']:.2f} | 1 |" in md
+    assert f"| D-4 | {big} | {runs[('d4', big)].accuracy('test'):.2f} | {runs[('d4', big)].accuracy('testood'):.2f} | 1 |" in md

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .sweep import Cell, Stat, Value, blocks  # noqa: E402
+from ..sweep import Cell, Stat, Value, blocks  # noqa: E402
 
 BUCKET_COLOURS = {"all": "0.4", "d0": "#d62728", "d1": "#ff7f0e", "d2": "#2ca02c", "d3": "#1f77b4", "d4": "#9467bd"}
 Panel = tuple[str, str, Value]  # title, y label, the value drawn
@@ -38,11 +38,11 @@ def plot_against_size(path: Path, title: str, cells: list[Cell], panels: list[Pa
     lines: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
         lines.setdefault((c.variant, c.bucket), []).append(c)
-    sizes = sorted({round(statistics.fmean(r["n_train_facts"] for r in c.runs)) for c in cells if c.runs})
+    sizes = sorted({round(statistics.fmean(r.n_train_facts for r in c.runs)) for c in cells if c.runs})
     for ax, (panel_title, ylabel, get) in zip(axes[0], panels):
         for (_, bucket), line in lines.items():
             line = [c for c in line if c.runs]
-            _line(ax, [(statistics.fmean(r["n_train_facts"] for r in c.runs), c.stat(get)) for c in line],
+            _line(ax, [(statistics.fmean(r.n_train_facts for r in c.runs), c.stat(get)) for c in line],
                   line[0].label if line else "", BUCKET_COLOURS.get(bucket))
         if len(sizes) > 1:
             ax.set_xscale("log")
@@ -68,12 +68,12 @@ def plot_restoration(path: Path, title: str, cells: list[Cell], splits: list[tup
         for j, ((variant, size), group) in enumerate(groups):
             ax = axes[i][j]
             for c in group:
-                ratios = sorted({x["ratio"] for r in c.runs for x in r["restore"]})
+                ratios = sorted({p.ratio for r in c.runs for p in r.restore})
                 colour = BUCKET_COLOURS.get(c.bucket)
                 _line(ax, [(ratio, c.stat(ratio_value(split, ratio))) for ratio in ratios], c.label, colour)
                 if (base := c.stat(ratio_value(split, 0))) is not None:
                     ax.axhline(base.mean, color=colour, linestyle="--", linewidth=0.8)
-            ratios = sorted({x["ratio"] for c in group for r in c.runs for x in r["restore"]})
+            ratios = sorted({p.ratio for c in group for r in c.runs for p in r.restore})
             ax.set_xscale("symlog", linthresh=1)  # 0% (no restoration) stays on the axis
             ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
             ax.minorticks_off()

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sweep import Cell, Stat, Value, blocks
+from ..results import RunResult
+from ..sweep import Cell, Stat, Value, blocks
 
 RUN = "python -m sft_knowledge.run"
 
@@ -68,7 +69,7 @@ def _no_paper(cell: Cell, key: Any) -> None:
 
 
 def _difference(value: Value, baseline: Value) -> Value:
-    def get(r: dict) -> float | None:
+    def get(r: RunResult) -> float | None:
         v, b = value(r), baseline(r)
         return None if v is None or b is None else v - b
     return get

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from .sweep import Cell, bucket_name
+from ..sweep import Cell, bucket_name
 
 PAPER_RESULTS = Path(__file__).parent.parent / "paper_results.json"  # a copy of ../shared/reference/, plus Tables 6, 9-11
 PAPER_SPLITS = {"train": "train", "test": "test", "testood": "test_ood"}  # our split names -> the paper file's

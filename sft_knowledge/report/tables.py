@@ -7,12 +7,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from ..data.facts import EVAL_SPLITS, LEVEL_NAMES, LEVELS, SPLITS as ALL_SPLITS
+from ..results import RunResult
+from ..sweep import BUCKETS, Cell, Stat, Value, blocks, bucket_name, get_key
 from .layout import RUN, Section, block_title, grid, markdown, missing, row, value_text
 from .paper import Paper, range_diff
-from .sweep import BUCKETS, Cell, Stat, Value, blocks, bucket_name, get_key
 
-SPLITS = {"test": "in-domain", "testood": "out-of-domain"}
-LEVELS = [f"D-{lv}" for lv in range(5)]
+SPLITS = dict(zip(EVAL_SPLITS, ("in-domain", "out-of-domain")))
 MODULE_ORDER = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")  # Table 10's module types
 SHOWN_RATIO = 20  # Tables 9 and 10 show the restoration of 20% (the paper's best, Table 7); the CSVs hold every ratio
 
@@ -20,16 +21,16 @@ SHOWN_RATIO = 20  # Tables 9 and 10 show the restoration of 20% (the paper's bes
 # ------------------------------------------------------------------ numbers of one run
 
 def level_value(split: str, level: int | None) -> Value:
-    return (lambda r: r[f"acc_{split}"]) if level is None else (lambda r: r[f"acc_{split}_level"][level])
+    return lambda r: r.accuracy(split, level)
 
 
-def kl_mean(r: dict) -> float | None:
-    return r["kl"].get("mean")
+def kl_mean(r: RunResult) -> float | None:
+    return r.kl_mean
 
 
 def restore_value(split: str, ratio: float) -> Value:
-    """Accuracy after restoring `ratio`% (split `train`: restore[i]["acc_train"], absent from older results)."""
-    return lambda r: next((x.get(f"acc_{split}") for x in r["restore"] if x["ratio"] == ratio), None)
+    """Accuracy after restoring `ratio`% (split `train`: on the SFT subset, None in older results)."""
+    return lambda r: next((p.accuracy(split) for p in r.restore if p.ratio == ratio), None)
 
 
 def block_name(layers: list[int]) -> str:
@@ -40,7 +41,7 @@ def block_value(split: str, block: str) -> Value:
     """Accuracy after restoring one block of layers (`none`: without restoration)."""
     if block == "none":
         return level_value(split, None)
-    return lambda r: next((x[f"acc_{split}"] for x in r.get("restore_blocks", []) if block_name(x["layers"]) == block), None)
+    return lambda r: next((b.accuracy(split) for b in r.restore_blocks if block_name(b.layers) == block), None)
 
 
 def module_type(name: str) -> str:
@@ -67,22 +68,22 @@ def restored_shares(per_tensor: dict[str, int], by: str) -> dict[str, float]:
 
 
 def share_value(ratio: float, by: str, key: str) -> Value:
-    def get(r: dict) -> float | None:
-        record = next((x for x in r["restore"] if x["ratio"] == ratio and x.get("per_tensor")), None)
-        return None if record is None else restored_shares(record["per_tensor"], by).get(key)
+    def get(r: RunResult) -> float | None:
+        point = next((p for p in r.restore if p.ratio == ratio and p.per_tensor), None)
+        return None if point is None else restored_shares(point.per_tensor, by).get(key)
     return get
 
 
-def _restored_ratios(group: list[Cell], value_key: str = "acc_test") -> list[float]:
-    """Restoration ratios of the group's runs whose records hold `value_key`."""
-    return sorted({x["ratio"] for c in group for r in c.runs for x in r["restore"] if x.get(value_key) is not None})
+def _restored_ratios(group: list[Cell], split: str = "test") -> list[float]:
+    """Restoration ratios of the group's runs whose restoration points hold an accuracy on `split`."""
+    return sorted({p.ratio for c in group for r in c.runs for p in r.restore if p.accuracy(split) is not None})
 
 
 # ------------------------------------------------------------------ Tables 1 and 8
 
 def table1(cells: list[Cell], paper: Paper) -> Section:
     """The base model's level counts per split: one probe per model, data and probe setting (not per bucket)."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[RunResult]] = {}
     for c in cells:
         for r in c.runs:
             probe = json.dumps({k: v for k, v in c.config["mastery"].items() if k != "bucket"}, sort_keys=True)
@@ -91,9 +92,9 @@ def table1(cells: list[Cell], paper: Paper) -> Section:
     body, rows = [], []
     for (model, data, probe), runs in groups.items():
         label = f"{model} on {data}" + (f" (probe {probe})" if several[(model, data)] > 1 else "")
-        theirs_of = {split: paper.table1(runs[0]["config"], split) for split in ("train", "test", "testood")}
+        theirs_of = {split: paper.table1(runs[0].config, split) for split in ALL_SPLITS}
         for split, theirs in theirs_of.items():
-            counts = [[r["level_counts"][split][lv] for r in runs] for lv in range(5)]
+            counts = [[r.level_counts[split][lv] for r in runs] for lv in LEVELS]
             counts.append([sum(x) for x in zip(*counts)])
             stats = [Stat.of(x) for x in counts]
             ref = None if theirs is None else [*theirs, sum(theirs)]
@@ -105,9 +106,9 @@ def table1(cells: list[Cell], paper: Paper) -> Section:
             for lv, s in enumerate(stats):
                 p = None if ref is None else ref[lv]
                 rows.append({"model": model, "data": data, "probe": probe, "split": split,
-                             "level": LEVELS[lv] if lv < 5 else "total", **s.csv(),
+                             "level": LEVEL_NAMES[lv] if lv < len(LEVELS) else "total", **s.csv(),
                              "paper": "" if p is None else p, "diff": "" if p is None else s.mean - p})
-    md = markdown(["base model", "split", *LEVELS, "total", "runs"], body)
+    md = markdown(["base model", "split", *LEVEL_NAMES, "total", "runs"], body)
     md += ["The paper's counts (Table 1: LLaMA-3-8B; Table 8: its other four models) apply to EntityQuestions with the "
            "full split; a probe of a subset (`data.subset`) or a smaller budget gives other counts.", ""]
     return Section("Tables 1 and 8: the base model's mastery level counts per split", md, "table1_level_counts.csv", rows)
@@ -117,20 +118,20 @@ def table1(cells: list[Cell], paper: Paper) -> Section:
 
 def table2(cells: list[Cell], paper: Paper) -> Section:
     md, rows = [], []
-    header = ["training bucket", *LEVELS, "Acc_test"] + [f"ood {lv}" for lv in LEVELS] + ["Acc_testood", "runs"]
+    header = ["training bucket", *LEVEL_NAMES, "Acc_test"] + [f"ood {lv}" for lv in LEVEL_NAMES] + ["Acc_testood", "runs"]
     for (variant, size), group in blocks(cells).items():
         body = []
         for c in group:
             ours, theirs, diffs = [], [], []
             for split in SPLITS:
-                for level in [*range(5), None]:
+                for level in [*LEVELS, None]:
                     stat, p = c.stat(level_value(split, level)), paper.table2(c, split, level)
                     ours.append(value_text(stat, c))
                     theirs.append("—" if p is None else f"{p:.2f}")
                     diffs.append("—" if p is None or stat is None else f"{stat.mean - p:+.2f}")
                     if stat is not None:
                         rows.append({"variant": variant, "size": size, "bucket": c.bucket, "split": split,
-                                     "level": "macro" if level is None else LEVELS[level], **stat.csv(),
+                                     "level": "macro" if level is None else LEVEL_NAMES[level], **stat.csv(),
                                      "paper": "" if p is None else p, "diff": "" if p is None else stat.mean - p})
             body.append(row(c, [c.label], ours) + [str(len(c.runs))])
             if any(t != "—" for t in theirs):
@@ -144,7 +145,7 @@ def table2(cells: list[Cell], paper: Paper) -> Section:
 # ------------------------------------------------------------------ Tables 3, 4 and 6: restoration by ratio
 
 def _strategies(group: list[Cell]) -> str:
-    return "; ".join(sorted({x["strategy"] + ", " + x["region"] for c in group for r in c.runs for x in r["restore"]}))
+    return "; ".join(sorted({p.strategy + ", " + p.region for c in group for r in c.runs for p in r.restore}))
 
 
 def table4(cells: list[Cell], paper: Paper) -> Section:
@@ -155,7 +156,7 @@ def table4(cells: list[Cell], paper: Paper) -> Section:
             paper=lambda c, ratio, s=split: paper.table4(c, s, ratio), baseline=0, extra={"split": split},
             caption=lambda g, s=split, n=split_name: f"Acc_{s} ({n}) against the restored % (restoration {_strategies(g)})")
         md, rows = md + split_md, rows + split_rows
-    if not any(x["ratio"] > 0 for c in cells for r in c.runs for x in r["restore"]):
+    if not any(p.ratio > 0 for c in cells for r in c.runs for p in r.restore):
         md += missing("restoration above 0%", "experiment=table4")
     md += ["Gain: the value minus the one without restoration (ratio 0), per run and then averaged; the paper's "
            "claim is the gain (restoring 20% improves all of its 1,920-fact models).", ""]
@@ -164,7 +165,7 @@ def table4(cells: list[Cell], paper: Paper) -> Section:
 
 
 def table6(cells: list[Cell], paper: Paper) -> Section:
-    md, rows = grid(cells, key_name="ratio", keys=lambda g: _restored_ratios(g, "acc_train"),
+    md, rows = grid(cells, key_name="ratio", keys=lambda g: _restored_ratios(g, "train"),
                     value=lambda ratio: restore_value("train", ratio), paper=paper.table6, baseline=0,
                     caption=lambda g: f"Acc_train (the SFT facts themselves) against the restored % (restoration {_strategies(g)})")
     if not rows:
@@ -175,12 +176,12 @@ def table6(cells: list[Cell], paper: Paper) -> Section:
 
 
 def table3(cells: list[Cell], paper: Paper) -> Section:
-    percents = sorted({int(k) for c in cells for r in c.runs for k in r["update_share"]})
+    percents = sorted({int(k) for c in cells for r in c.runs for k in r.update_share})
     body, rows = [], []
     for c in cells:
         ours = []
         for pct in percents:
-            stat, p = c.stat(lambda r, pct=pct: r["update_share"].get(str(pct))), paper.table3(c, pct)
+            stat, p = c.stat(lambda r, pct=pct: r.update_share.get(str(pct))), paper.table3(c, pct)
             ours.append(value_text(stat, c) if p is None or stat is None
                         else f"{stat} (paper {p[0]:.1f}–{p[1]:.1f}, Δ {range_diff(stat.mean, *p):+.2f})")
             if stat is not None:
@@ -263,8 +264,8 @@ def _shown_ratio(ratios: list[float]) -> float:
 
 
 def _share_keys(group: list[Cell], ratio: float, by: str) -> list[str]:
-    found = {g for c in group for r in c.runs for x in r["restore"] if x["ratio"] == ratio and x.get("per_tensor")
-             for g in restored_shares(x["per_tensor"], by)}
+    found = {g for c in group for r in c.runs for p in r.restore if p.ratio == ratio and p.per_tensor
+             for g in restored_shares(p.per_tensor, by)}
     if by == "layer":
         return sorted(found, key=lambda g: (0, int(g)) if g.isdigit() else (1, g))
     return sorted(found, key=lambda g: (MODULE_ORDER.index(g), "") if g in MODULE_ORDER else (len(MODULE_ORDER), g))
@@ -272,7 +273,7 @@ def _share_keys(group: list[Cell], ratio: float, by: str) -> list[str]:
 
 def restored_where(cells: list[Cell], paper: Paper, by: str) -> Section:
     number, what = {"layer": (9, "decoder layer"), "module": (10, "module type")}[by]
-    ratios = sorted({x["ratio"] for c in cells for r in c.runs for x in r["restore"] if x["ratio"] > 0 and x.get("per_tensor")})
+    ratios = sorted({p.ratio for c in cells for r in c.runs for p in r.restore if p.ratio > 0 and p.per_tensor})
     heading = f"Table {number}: share (%) of the restored scalars in each {what}"
     csv_name = f"table{number}_restored_by_{by}.csv"
     if not ratios:
@@ -295,7 +296,7 @@ def restored_where(cells: list[Cell], paper: Paper, by: str) -> Section:
 
 def table11(cells: list[Cell], paper: Paper) -> Section:
     def keys(group: list[Cell]) -> list[str]:
-        spans = sorted({tuple(x["layers"]) for c in group for r in c.runs for x in r.get("restore_blocks", [])})
+        spans = sorted({tuple(b.layers) for c in group for r in c.runs for b in r.restore_blocks})
         return ["none", *(block_name(list(s)) for s in spans)] if spans else []
 
     md, rows = [], []

@@ -7,11 +7,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..sweep import Cell, Job, SweepError, get_key, group_cells, latest_sweep, load_sweeps
 from . import tables
 from .figures import plot_against_size, plot_restoration
 from .layout import Section, markdown
 from .paper import Paper
-from .sweep import Cell, Job, ReportError, get_key, group_cells, latest_sweep, load_sweeps
 from .tables import kl_mean, level_value, restore_value
 
 
@@ -21,7 +21,7 @@ def _preamble(sweep_dirs: list[Path], jobs: list[Job], cells: list[Cell], paper:
     matched = sorted({paper.model(c.config) for c in cells} - {None})
     md = [f"# Report: {', '.join(d.name for d in sweep_dirs)}", "",
           f"Sweep{'s' if len(sweep_dirs) > 1 else ''} {', '.join(f'`{d.resolve()}`' for d in sweep_dirs)}: "
-          f"{sum(j.results is not None for j in jobs)} of {len(jobs)} jobs finished, "
+          f"{sum(j.result is not None for j in jobs)} of {len(jobs)} jobs finished, "
           f"{len(cells)} cells (settings apart from seeds). Model: {', '.join(models)}; data: {', '.join(datasets)}.",
           "Accuracies in percent (macro mean over levels for Acc_test and Acc_testood, as in the paper); "
           "mean ± sample standard deviation over the seeds (`seed`, `data.seed`) where a cell has several runs.", ""]
@@ -37,7 +37,7 @@ def _preamble(sweep_dirs: list[Path], jobs: list[Job], cells: list[Cell], paper:
 
 
 def _unfinished(jobs: list[Job]) -> Section:
-    unfinished = [j for j in jobs if j.results is None]
+    unfinished = [j for j in jobs if j.result is None]
     md = markdown(["job", "status", "overrides", "error"],
                   [[j.label, j.status, " ".join(j.overrides) or "—", j.error or "—"] for j in unfinished]) \
         if unfinished else ["None: every job of the sweep finished.", ""]
@@ -45,7 +45,7 @@ def _unfinished(jobs: list[Job]) -> Section:
     def key(j: Job, dotted: str):
         return get_key(j.config, dotted) if j.config else ""
     rows = [{"job": j.label, "status": j.status, "bucket": key(j, "mastery.bucket"), "size": key(j, "data.size"),
-             "seed": key(j, "seed"), "data_seed": key(j, "data.seed"), "run_key": j.results["run_key"] if j.results else "",
+             "seed": key(j, "seed"), "data_seed": key(j, "data.seed"), "run_key": j.result.run_key if j.result else "",
              "overrides": " ".join(j.overrides), "error": j.error} for j in jobs]
     return Section("Cells that did not finish", md, "cells.csv", rows)
 
@@ -86,7 +86,7 @@ def write_report(sweep_dirs: Path | list[Path], paper: Paper | None = None) -> P
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
 
-    kl_level = next(j.results for j in jobs if j.results)["kl_level"]
+    kl_level = next(j.result for j in jobs if j.result).kl_level
     figures = _figures(out, cells, kl_level)
     sections = [_unfinished(jobs), tables.table1(cells, paper), figures[0], tables.table2(cells, paper), figures[1],
                 tables.table4(cells, paper), figures[2], tables.table6(cells, paper), tables.table3(cells, paper),
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         out = write_report([Path(d) for d in args.sweep_dirs] or [latest_sweep(Path("outputs/sweeps"))])
-    except ReportError as err:
+    except SweepError as err:
         sys.exit(f"error: {err}")
     print(f"report: {out / 'report.md'}")
     for f in sorted(out.iterdir()):
