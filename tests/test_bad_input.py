@@ -138,6 +138,7 @@ def test_two_identical_runs_at_once_evaluate_once(smoke_cache, tmp_path):
     assert len(list(tmp_path.glob("runs/*/results.json"))) == 1
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_status_shows_a_killed_local_cell_as_failed(tmp_path):
     import socket
 

@@ -251,6 +251,7 @@ Cache(sys.argv[1]).get_or_build("sft", {"a": 1}, build)
 """
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_a_builder_removes_the_temporary_directory_of_a_killed_one(tmp_path, capfd):
     root, ready = tmp_path / "cache", tmp_path / "ready"
     other = root / "sft" / ".tmp-0123456789abcdef-deadbeef"  # another entry's leftover: not this builder's to judge
@@ -311,6 +312,7 @@ def _read_only_mount(root: Path) -> list[str]:
     return [*wrap, sys.executable]
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 @pytest.mark.parametrize("read_only, reason", [(_as_another_user, "Permission denied"), (_read_only_mount, "Read-only file system")])
 def test_a_complete_read_only_cache_is_usable(read_only, reason):
     with tempfile.TemporaryDirectory() as scratch:  # under /tmp, which the other user can reach (pytest's tmp_path is 0700)
@@ -360,6 +362,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_a_full_disk_is_one_line_naming_the_path_and_leaves_no_temporary_file(tmp_path):
     """A real ENOSPC: an 8 MiB tmpfs in a private mount namespace."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:

@@ -86,11 +86,12 @@ def test_two_sweeps_started_in_the_same_second_get_different_directories():
 
 
 def test_slurm_profile_takes_resources_from_the_model_preset(compose):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        launcher = compose(config_name="config", overrides=["hydra/launcher=slurm", "resources=gpu8"], return_hydra_config=True).hydra.launcher
+        launcher = hydra_compose(config_name="config", overrides=["hydra/launcher=slurm", "resources=gpu8"], return_hydra_config=True).hydra.launcher
         launcher = OmegaConf.to_container(launcher, resolve=True)
     assert (launcher["gpus_per_node"], launcher["cpus_per_task"], launcher["mem_gb"], launcher["nodes"]) == (8, 64, 1600, 1)
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["setup"] == ["export OMP_NUM_THREADS=64"]

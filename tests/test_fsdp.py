@@ -37,6 +37,7 @@ def _job(cfg: TrainConfig, micro_batch_size: int | None = None, **kw) -> SFTJob:
     return SFTJob(FACTS, cfg, 1e-2, micro_batch_size or cfg.batch_size, 0, **kw)
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 @pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="two processes need two GPUs on a GPU machine")
 def test_two_gloo_processes_give_the_single_process_weights(tmp_path):
     model, tok = _base(tmp_path / "base")
@@ -80,6 +81,7 @@ class Requeued(Exception):
     """Stands for submitit's handler of SIGUSR2, which requeues the job and exits."""
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 @pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="two processes need two GPUs on a GPU machine")
 def test_a_signalled_fsdp_sft_saves_every_shard_and_resumes_to_the_same_weights(tmp_path):
     _, tok = _base(tmp_path / "base")
@@ -120,6 +122,7 @@ def test_fsdp_without_gpus_or_a_process_count_says_what_to_set(tmp_path):
         sft_fsdp(_job(TrainConfig(strategy="fsdp")), tmp_path, "float32", None, tmp_path)
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 @pytest.mark.skipif(torch.cuda.device_count() == 0, reason="NCCL and bf16 FSDP need a GPU (two or more to shard over)")
 def test_gpus_bf16_match_one_process(tmp_path):
     model, tok = _base(tmp_path / "base")

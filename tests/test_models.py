@@ -29,6 +29,7 @@ def test_offline_hub_model_fails_in_one_line_saying_what_to_set(monkeypatch):
         hub_source("meta-llama/Llama-2-7b-hf", "/no/such/dir")
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_cli_with_an_unreachable_model_exits_with_one_line(cli, tmp_path):
     # n_gpus=1: the 4 GPUs of its fp32-master FSDP default are checked first, and this machine has none.
     proc = cli("model=llama2_7b", "model.n_gpus=1", output_dir=tmp_path, check=False)
@@ -37,6 +38,7 @@ def test_cli_with_an_unreachable_model_exits_with_one_line(cli, tmp_path):
     assert not list(tmp_path.glob("runs/*/results.json"))
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_tiny_world_model_refuses_real_data(cli, tmp_path):
     proc = cli("data=entityquestions", output_dir=tmp_path, check=False)
     assert proc.returncode != 0 and "error: model=tiny_world is pretrained on the synthetic world" in proc.stderr

@@ -177,6 +177,7 @@ class ComputeDtypes:
         return {"sharded": str(proj.weight.dtype), "compute": seen[0]}
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 @pytest.mark.skipif(torch.cuda.device_count() > 0, reason="two gloo processes on the CPU")
 def test_fsdp_fp32_master_shards_fp32_computes_bf16_and_saves_bf16(tok, runs, tmp_path):
     _model(tok).save_pretrained(tmp_path / "base")

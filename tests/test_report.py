@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
 from sft_knowledge import results
-from sft_knowledge.config import digest
+from sft_knowledge.cache import digest
 from sft_knowledge.data.facts import LEVEL_NAMES, LEVELS
 from sft_knowledge.report import Paper, main, write_report
 from sft_knowledge.report.tables import restored_shares
@@ -23,6 +22,8 @@ from sft_knowledge.results import BlockPoint, KLSummary, LevelAccuracy, RestoreP
 from sft_knowledge.status import report as status_report
 from sft_knowledge.summary import run_summary, sweep_summary
 from sft_knowledge.sweep import read_jobs, unfinished
+
+ROOT = Path(__file__).resolve().parent.parent  # the project: subprocesses run from it
 
 FIGURES = ("figure2_acc_vs_size.png", "figure4_acc_test4.png", "figure5_kl.png", "figure_restoration.png")
 TABLES = ("cells.csv", "table1_level_counts.csv", "figure2_acc_vs_size.csv", "table2_bucket_x_level.csv", "figure4_5_acc_test4_kl.csv",
@@ -273,6 +274,7 @@ def _report_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sft_knowledge.report", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_bad_input_is_one_line_and_exit_1(tmp_path, monkeypatch):
     not_sweep = tmp_path / "plain"
     not_sweep.mkdir()
@@ -326,6 +328,7 @@ def _planned_sweep(root: Path, kl_level: int = 4) -> tuple[Path, list[RunResult]
     return sweep, done
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_status_summary_and_unfinished_read_the_same_planned_cells(tmp_path):
     sweep, done = _planned_sweep(tmp_path)
     assert [(j.number, j.status, j.overrides) for j in read_jobs(sweep, planned=True)][4:] == [
@@ -352,6 +355,7 @@ def test_status_summary_and_unfinished_read_the_same_planned_cells(tmp_path):
     assert "KL on D_test-4 (n=7): mean 1.0000" in run_summary(done[0])
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_the_kl_is_named_by_its_level(tmp_path):
     sweep, done = _planned_sweep(tmp_path, kl_level=3)
     assert "KL D_test-3 1.0000" in status_report(sweep) and "KL D_test-3" in sweep_summary(sweep).splitlines()[1]
@@ -361,6 +365,7 @@ def test_the_kl_is_named_by_its_level(tmp_path):
     assert "KL on D_test-3" in (sweep / "report" / "figure4_5_acc_test4_kl.csv").read_text()
 
 
+@pytest.mark.slow  # a subprocess or spawned processes
 def test_a_bad_run_json_is_one_line(tmp_path):
     sweep, _ = _planned_sweep(tmp_path)
     (sweep / "1" / "run.json").write_text("{")
@@ -370,14 +375,14 @@ def test_a_bad_run_json_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbers(smoke_cache, smoke_level_counts, tmp_path):
+def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbers(cli, smoke_cache, smoke_level_counts, tmp_path):
     # Sizes from this machine's own levels (pretraining's floats differ between CPU kernels): the second size is one
     # more than D-0 holds, so that cell (job 1) fails, while D-4 holds enough for both.
     held = smoke_level_counts["train"]
     big = held[0] + 1
     assert 20 <= held[0] and big <= held[4], f"the smoke world's train levels no longer fit this test: {held}"
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "mastery=d0,d4", f"data.size=20,{big}", "restore.ratios=[0,10]", "restore.layer_block_size=2", "eval.max_per_level=20",
+    proc = cli("-m", "mastery=d0,d4", f"data.size=20,{big}", "restore.ratios=[0,10]", "restore.layer_block_size=2", "eval.max_per_level=20",
                    f"hydra.sweep.dir={sweep}", output_dir=tmp_path, cache_dir=smoke_cache, check=False)
     assert proc.returncode != 0
     runs = {(r.config["mastery"]["bucket"], r.config["data"]["size"]): r

@@ -101,9 +101,7 @@ def write_report(sweep_dirs: Path | list[Path], paper: Paper | None = None) -> P
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import __doc__ as doc
-
-    parser = argparse.ArgumentParser(prog="python -m sft_knowledge.report", description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sft_knowledge.report", description="The paper's figures and tables from a sweep.")
     parser.add_argument("sweep_dirs", nargs="*", help="one or more sweep directories, reported together into the first's "
                         "report/ (default: the latest under outputs/sweeps)")
     args = parser.parse_args(argv)
