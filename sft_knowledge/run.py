@@ -71,7 +71,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
             result.save(results_path)
             tracker.artifact(results_path, f"results-{key}", "results")
     job.mark("done")
-    return result
+    return load(results_path)  # what was written (accuracies rounded to 2 decimals), so a summary shows what is stored
 
 
 def _already_done(key: str, results_path: Path, job: JobRecord) -> RunResult:
