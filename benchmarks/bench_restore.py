@@ -8,7 +8,7 @@ log-normal scale, relative to each scalar's magnitude), both saved with save_pre
 
 Baseline (ParamRestore's straightforward method, one process per ratio): load both models, the bf16 relative change
 of the whole region flattened into one tensor, torch.topk, a global boolean mask, restore, save_pretrained.
-Ours (one process for all ratios): load both, keep a fine-tuned copy (as the pipeline does), select_thresholds for
+Ours (one process for all ratios): load both, keep a fine-tuned copy (as the recipe does), select_thresholds for
 all ratios (streaming, 2 passes), then per ratio restore_into the model and save_pretrained.
 
 Each method runs in child processes; the times are their wall times including interpreter start and imports (the
@@ -99,7 +99,7 @@ def baseline(work: Path, ratio: float, out: Path) -> dict:
 
 
 def ours(work: Path, ratios: list[float], out: Path) -> dict:
-    """This project's method for all ratios in one process, as pipeline.py runs it (copies in node memory)."""
+    """This project's method for all ratios in one process, as recipe.py runs it (copies in node memory)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -108,7 +108,7 @@ def ours(work: Path, ratios: list[float], out: Path) -> dict:
     t0 = time.perf_counter()
     base_state = {n: t.detach() for n, t in AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16).state_dict().items()}
     model = AutoModelForCausalLM.from_pretrained(work / "ft", dtype=torch.bfloat16)
-    ft_state = {n: t.detach().clone() for n, t in model.state_dict().items()}  # pipeline.weight_copy(model, "cpu")
+    ft_state = {n: t.detach().clone() for n, t in model.state_dict().items()}  # recipe.weight_copy(model, "cpu")
     t_load = time.perf_counter()
     selections = select_thresholds(base_state, ft_state, ratios, REGION, STRATEGY, SEED)
     t_select = time.perf_counter()

@@ -18,7 +18,7 @@ class DataError(ValueError):
 
 class Interrupted(BaseException):
     """SIGINT (Ctrl-C) or SIGTERM arrived. A BaseException, so that no `except Exception` on the way swallows it;
-    the stage it interrupted adds its name on the way out (pipeline.Timer)."""
+    the stage it interrupted adds its name on the way out (recipe.Timer)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

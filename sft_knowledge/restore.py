@@ -87,7 +87,7 @@ def _tied(pairs: dict[str, tuple[Tensor, Tensor]]) -> dict[str, str]:
             continue
         aliases[n] = first.setdefault((storage(b), storage(f)), n)
     aliases = {n: a for n, a in aliases.items() if a != n}
-    # Copies taken key by key (pipeline.weight_copy) lose the sharing; tied embeddings still have equal values.
+    # Copies taken key by key (recipe.weight_copy) lose the sharing; tied embeddings still have equal values.
     emb = next((n for n in pairs if "embed_tokens" in n and n not in aliases), None)
     head = next((n for n in pairs if "lm_head" in n and n not in aliases), None)
     if emb and head:
