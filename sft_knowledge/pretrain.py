@@ -23,7 +23,6 @@ from .train import cosine_lr
 EOS, PAD = "</s>", "<pad>"
 
 
-
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
