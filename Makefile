@@ -33,7 +33,7 @@ smoke: install ## One small end-to-end run (under a minute once cached)
 test: install ## All tests (the CI command)
 	$(PY) -m pytest -q
 
-test-fast: install ## Tests without the end-to-end runs
+test-fast: install ## What to run while editing (under 2 min): no subprocess CLI runs, no spawned processes, no end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
 
 test-slurm: install ## Only the tests against a real single-node SLURM (started and stopped by the tests)
