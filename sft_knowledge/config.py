@@ -217,7 +217,10 @@ class PathsConfig:
 class ResourcesConfig:
     """What one cell asks the cluster for (conf/resources/; a model's config picks its preset)."""
     gpus: int = 0  # GPUs on the one node of a cell
-    cpus: int = 1  # CPU cores (also the threads torch uses)
+    cpus: int = 1  # CPU cores a cell asks for (SLURM: also the threads torch uses, through OMP_NUM_THREADS)
+    # Threads torch uses in this cell (run.use_threads): None leaves torch's default, every core, for the one cell of
+    # the basic launcher; hydra/launcher=local_parallel sets each cell's share of the machine, cores / cells at once.
+    threads: Any = None
     mem_gb: int = 4
     timeout_min: int = 60  # wall time; a cell that hits it is checkpointed and requeued
     # Where the base and fine-tuned weight copies kept for restoration live: `device` (beside the model) or `cpu`
@@ -291,6 +294,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.mastery.bucket in BUCKETS, "mastery.bucket", cfg.mastery.bucket, ", ".join(BUCKETS))
     _check(cfg.probe.estimator in ESTIMATORS, "probe.estimator", cfg.probe.estimator, ", ".join(ESTIMATORS))
     _check(cfg.probe.backend in BACKENDS, "probe.backend", cfg.probe.backend, ", ".join(BACKENDS))
+    threads = cfg.resources.threads
+    _check(threads is None or (type(threads) is int and threads > 0), "resources.threads", threads,
+           "a positive integer, or null for torch's default (every core)")
     _check(cfg.resources.weight_copies in ("device", "cpu"), "resources.weight_copies", cfg.resources.weight_copies, "device, cpu")
     if cfg.probe.backend == "vllm" and cfg.probe.estimator != "sampling":
         raise ConfigError(f"probe.backend=vllm only samples: use probe.estimator=sampling, or probe.backend=hf "

@@ -61,6 +61,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
         if results_path.exists():
             return _already_done(key, results_path, job, cfg.restore.export)
         job.mark("running")
+        use_threads(cfg.resources.threads)  # before torch computes anything
         tracker = Tracker(cfg.logger.mode, run_dir, key, cfg.logger.project, asdict(cfg), group=cfg.logger.group,
                           tags=list(cfg.logger.tags) + [cfg.model.name, cfg.mastery.bucket, f"size={cfg.data.size}", cfg.restore.strategy],
                           entity=cfg.logger.entity)
@@ -73,6 +74,18 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
             tracker.artifact(results_path, f"results-{key}", "results")
     job.mark("done")
     return load(results_path)  # what was written (accuracies rounded to 2 decimals), so a summary shows what is stored
+
+
+def use_threads(threads: int | None) -> None:
+    """Run torch and OpenMP on `threads` threads (resources.threads: this cell's share of the cores, which
+    hydra/launcher=local_parallel sets); None leaves torch's default, every core, as the basic launcher's one cell wants.
+    Called before torch computes anything: OpenMP reads its variable when its pool starts."""
+    if threads is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch  # here, not at the top: `--help` and config errors stay fast
+
+    torch.set_num_threads(threads)
 
 
 def _already_done(key: str, results_path: Path, job: JobRecord, export: list[float]) -> RunResult:
