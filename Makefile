@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke test test-fast test-slurm slurm-up slurm-down bench report wandb-sync clean clean-all
+.PHONY: help install run smoke test test-fast test-slurm slurm-up slurm-down bench bench-quick report wandb-sync clean clean-all
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,8 +45,20 @@ slurm-up: ## Install (apt-get, once) and start a single-node SLURM on this machi
 slurm-down: ## Stop the SLURM daemons that `make slurm-up` started
 	launchers/local_slurm.sh down
 
-bench: install ## Speed and memory of `make run`, cold and warm, measured against its budget
+bench: install ## The benchmark suite on idle cores (~35 min on 2 cores, 25 of them `make run` cold): benchmarks/results/
+	$(PY) benchmarks/bench_restore.py --size mid
+	$(PY) benchmarks/bench_sft.py
+	$(PY) benchmarks/bench_decoding.py
+	$(PY) benchmarks/bench_parallel.py
 	$(PY) benchmarks/bench_make_run.py
+	$(PY) benchmarks/report.py
+
+bench-quick: install ## Every benchmark but `make run`'s at tiny sizes (~1.5 min; not measurements): benchmarks/results/quick/
+	$(PY) benchmarks/bench_restore.py --quick
+	$(PY) benchmarks/bench_sft.py --quick
+	$(PY) benchmarks/bench_decoding.py --quick
+	$(PY) benchmarks/bench_parallel.py --quick
+	$(PY) benchmarks/report.py --quick
 
 report: install ## The paper's tables and figures from a sweep into <sweep>/report/ (SWEEP=dir; default: the latest)
 	$(PY) -m sft_knowledge.report $(SWEEP)

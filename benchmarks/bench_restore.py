@@ -1,10 +1,11 @@
 """Restoration benchmark (issue 15, target 1): this project's selection against ParamRestore's method, same run.
 
-    python benchmarks/bench_restore.py [--small] [--repeats 3] [--ratios 1 3 5 10 20 40 60]
+    python benchmarks/bench_restore.py [--size full|mid|small] [--quick] [--repeats 3] [--ratios 1 3 5 10 20 40 60]
 
-Workload (generated, seeded): a bf16 LLaMA pair, 16 layers, hidden 1024, FFN 2816, vocab 32000 (271M parameters;
-`--small`: 4 layers, hidden 256, FFN 704, about 20M), the base plus a heavy-tailed update (Gaussian noise with a
-log-normal scale, relative to each scalar's magnitude), both saved with save_pretrained. Region: transformer.
+Workload (generated, seeded): a bf16 LLaMA pair, vocab 32000; `full`: 16 layers, hidden 1024, FFN 2816 (271M
+parameters, 206M in the region); `mid`: 8 layers, hidden 512, FFN 1408 (58M, 26M); `small`: 4 layers, hidden 256,
+FFN 704 (about 20M, 3M); the base plus a heavy-tailed update (Gaussian noise with a log-normal scale, relative to each
+scalar's magnitude), both saved with save_pretrained. Region: transformer. `--quick`: small, ratios 1 60, 1 repeat.
 
 Baseline (ParamRestore's straightforward method, one process per ratio): load both models, the bf16 relative change
 of the whole region flattened into one tensor, torch.topk, a global boolean mask, restore, save_pretrained.
@@ -13,36 +14,38 @@ all ratios (streaming, 2 passes), then per ratio restore_into the model and save
 
 Each method runs in child processes; the times are their wall times including interpreter start and imports (the
 baseline pays those once per ratio, as ParamRestore run per ratio does), medians of --repeats. Peak RSS is each
-child's own peak resident set (VmHWM; also the one after its imports). Writes benchmarks/results/restore.json and prints a
-markdown table (`--small` writes restore_small.json).
+child's own peak resident set (VmHWM; also the one after its imports). The selection and restoration seconds per
+region scalar give projections for LLaMA-3-8B and 70B on this CPU (`projection`; load and save are disk-bound and
+left out). Writes benchmarks/results/restore.json (`--size` other than full: restore_<size>.json; --quick:
+results/quick/restore.json) and prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's sft_knowledge, also in the children, whatever is installed
-RESULTS = ROOT / "benchmarks" / "results"
+from common import alternating, median, peak_rss_gib, row, save
+
 SHAPES = {
     "full": dict(num_hidden_layers=16, hidden_size=1024, intermediate_size=2816, vocab_size=32000, num_attention_heads=16),
+    "mid": dict(num_hidden_layers=8, hidden_size=512, intermediate_size=1408, vocab_size=32000, num_attention_heads=8),
     "small": dict(num_hidden_layers=4, hidden_size=256, intermediate_size=704, vocab_size=32000, num_attention_heads=4),
 }
+# Region scalars (the decoder layers' matrices) of the models the paper fine-tunes: layers x (q, k, v, o, 3 MLP).
+PROJECTED = {"LLaMA-3-8B": 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336),
+             "LLaMA-3-70B": 80 * (2 * 8192 * 8192 + 2 * 8192 * 1024 + 3 * 8192 * 28672)}
 REGION, STRATEGY, SEED = "transformer", "top", 32
 
 
-def make_pair(work: Path, shape: dict, seed: int) -> int:
-    """Save a seeded base model and its heavy-tailed update under work/base and work/ft; returns the parameter count."""
+def make_pair(work: Path, shape: dict, seed: int) -> tuple[int, int]:
+    """Save a seeded base model and its heavy-tailed update under work/base and work/ft; returns the parameter count
+    and the region's."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -56,7 +59,7 @@ def make_pair(work: Path, shape: dict, seed: int) -> int:
             noise = torch.randn(p.shape, generator=g) * torch.exp(1.5 * torch.randn(p.shape, generator=g))
             p.add_((p.float().abs() + 1e-3) * 0.01 * noise)  # bf16 rounds the smallest updates away: exact ties at 0
     model.save_pretrained(work / "ft")
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for n, p in model.named_parameters() if _in_region(n))
 
 
 def _in_region(name: str) -> bool:  # ParamRestore's "transformer" region
@@ -125,16 +128,6 @@ def ours(work: Path, ratios: list[float], out: Path) -> dict:
             "passes": selections[ratios[0]].passes}
 
 
-def peak_rss_gib() -> float:
-    """This process's peak resident set. VmHWM, not getrusage: ru_maxrss is inherited across fork and exec on Linux,
-    so a child would report the parent's peak (here: the workload generator's) whenever that is higher."""
-    try:
-        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
-        return int(line.split()[1]) / 2**20  # kB
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def child(args: argparse.Namespace) -> None:
     import torch  # noqa: F401  (imported first so that start_rss_gib is what the libraries cost before any weights)
     from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: F401
@@ -159,14 +152,14 @@ def run_child(kind: str, work: Path, ratios: list[float]) -> dict:
     return json.loads(line[len("RESULT "):]) | {"wall_s": wall}
 
 
-def measure(work: Path, ratios: list[float]) -> dict:
-    """One repeat of each method: the baseline once per ratio (summed), ours once for all ratios."""
+def baseline_all_ratios(work: Path, ratios: list[float]) -> dict:
+    """One repeat of the baseline: one process per ratio, summed."""
     per_ratio = [run_child("baseline", work, [r]) for r in ratios]
     base = {key: sum(p[key] for p in per_ratio) for key in ("wall_s", "load_s", "select_s", "restore_s", "save_s")}
     base["peak_rss_gib"] = max(p["peak_rss_gib"] for p in per_ratio)
     base["start_rss_gib"] = max(p["start_rss_gib"] for p in per_ratio)
     base["passes"] = None
-    return {"baseline": base, "ours": run_child("ours", work, ratios)}
+    return base
 
 
 def table(summary: dict) -> str:
@@ -177,17 +170,30 @@ def table(summary: dict) -> str:
         rows.append(f"| {label} | {m['wall_s']:.1f} | {m['load_s']:.1f} | {m['select_s']:.1f} | {m['restore_s']:.1f} | "
                     f"{m['save_s']:.1f} | {m['passes'] if m['passes'] is not None else '-'} | {m['peak_rss_gib']:.2f} | "
                     f"{m['peak_rss_gib'] / summary['two_models_gib']:.2f} | "
-                f"{(m['peak_rss_gib'] - m['start_rss_gib']) / summary['two_models_gib']:.2f} |")
+                    f"{(m['peak_rss_gib'] - m['start_rss_gib']) / summary['two_models_gib']:.2f} |")
     rows.append(f"\nTotal time ours / baseline: **{summary['time_ratio']:.3f}** (target <= 0.2); "
                 f"{summary['n_params'] / 1e6:.0f}M parameters, ratios {summary['ratios']}, {summary['repeats']} repeat(s).")
     return "\n".join(rows)
 
 
+def projection(summary: dict) -> dict:
+    """Selection plus restoration of every ratio for the paper's models, from this run's seconds per region scalar
+    (CPU, weight copies in node memory): a projection, not a measurement."""
+    n, k = summary["n_region"], len(summary["ratios"])
+    per_scalar = {name: {"select_all_ratios_s": summary[name]["select_s"] / n, "restore_one_ratio_s": summary[name]["restore_s"] / (n * k)}
+                  for name in ("baseline", "ours")}
+    return {"per_scalar_s": per_scalar, "ratios": k, "models": {
+        model: {"region_scalars": scalars} | {name: scalars * (c["select_all_ratios_s"] + k * c["restore_one_ratio_s"])
+                                              for name, c in per_scalar.items()}
+        for model, scalars in PROJECTED.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="a ~20M-parameter pair (about a minute)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[1, 3, 5, 10, 20, 40, 60])
+    parser.add_argument("--size", choices=list(SHAPES), default="full", help="full: 271M parameters; mid: 58M; small: 20M")
+    parser.add_argument("--quick", action="store_true", help="small, ratios 1 60, 1 repeat (about 20 s)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick 1)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=None, help="default 1 3 5 10 20 40 60 (--quick 1 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", choices=["baseline", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -195,29 +201,32 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
-    if args.repeats < 1:
-        sys.exit(f"error: --repeats={args.repeats} must be at least 1")
-    if bad := [r for r in args.ratios if not 0 < r <= 100]:
+    repeats = args.repeats or (1 if args.quick else 3)
+    ratios = args.ratios or ([1, 60] if args.quick else [1, 3, 5, 10, 20, 40, 60])
+    size = "small" if args.quick else args.size
+    if repeats < 1:
+        sys.exit(f"error: --repeats={repeats} must be at least 1")
+    if bad := [r for r in ratios if not 0 < r <= 100]:
         sys.exit(f"error: --ratios={bad[0]} must be a percentage in (0, 100]")
-    workload = "small" if args.small else "full"
     with tempfile.TemporaryDirectory(prefix="bench_restore-") as tmp:
         work = Path(tmp)
-        n_params = make_pair(work, SHAPES[workload], args.seed)
-        repeats = [measure(work, args.ratios) for _ in range(args.repeats)]
-    summary = {"workload": workload, "shape": SHAPES[workload], "n_params": n_params, "ratios": args.ratios,
-               "repeats": args.repeats, "region": REGION, "two_models_gib": 2 * 2 * n_params / 2**30,
-               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-               "date": time.strftime("%Y-%m-%d"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    for name in ("baseline", "ours"):
-        summary[name] = {key: (statistics.median(r[name][key] for r in repeats) if repeats[0][name][key] is not None else None)
-                         for key in repeats[0][name]}
+        n_params, n_region = make_pair(work, SHAPES[size], args.seed)
+        runs = alternating(repeats, {"baseline": lambda: baseline_all_ratios(work, ratios),
+                                     "ours": lambda: run_child("ours", work, ratios)})
+    summary = {"workload": size, "shape": SHAPES[size], "n_params": n_params, "n_region": n_region, "ratios": ratios,
+               "repeats": repeats, "region": REGION, "two_models_gib": 2 * 2 * n_params / 2**30}
+    for name, measured in runs.items():
+        summary[name] = {key: median([m[key] for m in measured]) if measured[0][key] is not None else None for key in measured[0]}
     summary["time_ratio"] = summary["ours"]["wall_s"] / summary["baseline"]["wall_s"]
-    summary["all_repeats"] = repeats
-    path = RESULTS / ("restore_small.json" if args.small else "restore.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=1) + "\n")
+    summary["all_repeats"] = runs
+    summary["projection"] = projection(summary)
+    summary["rows"] = [
+        row(f"restoration, {len(ratios)} ratios, {n_params / 1e6:.0f}M parameters (wall)", summary["ours"]["wall_s"],
+            summary["baseline"]["wall_s"], "s", False, "ParamRestore", min_speedup=5),
+        row("restoration peak RSS", summary["ours"]["peak_rss_gib"], summary["baseline"]["peak_rss_gib"], "GiB", False,
+            "ParamRestore")]
     print(table(summary))
-    print(f"\nwrote {path}")
+    save("restore" if size == "full" or args.quick else f"restore_{size}", summary, args.quick)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def _is_no_space(err: BaseException | None, where: Path | None = None) -> bool:
+def is_no_space(err: BaseException | None, where: Path | None = None) -> bool:
     """ENOSPC anywhere in the chain (safetensors wraps it, keeping the OS's text); or, since torch.save's
     message loses the cause ("unexpected pos"), any failure while `where`'s file system is full."""
     first = err
@@ -121,7 +121,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if _is_no_space(err):
+        if is_no_space(err):
             raise SaveError(f"no space left to write {path}: it needs {_size(len(payload))}, {_size(_free_bytes(path.parent))} free") from None
         if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise SaveError(f"cannot write {path}: {err.strerror}") from None
@@ -254,7 +254,7 @@ class Cache:
                 _verified[self._memo_key(path)] = "full"  # hashed just now, from the files as written
                 shutil.rmtree(self.work_dir(kind, spec), ignore_errors=True)
             except Exception as err:
-                if not _is_no_space(err, path.parent):
+                if not is_no_space(err, path.parent):
                     raise
                 written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.is_dir() else 0
                 cause = f"{type(err).__name__}: {err}".splitlines()[0][:200]

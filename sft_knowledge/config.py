@@ -191,6 +191,9 @@ class RestoreConfig:
     layer_block_size: int = 0  # >0: also restore whole blocks of this many layers (paper Table 11)
     seed: int = 32  # random strategy's seed (ParamRestore's default)
     scope: str = "global"  # global (the paper's: k% of the whole region) | per_tensor | per_layer (k% of each)
+    # Ratios (each also in `ratios`) whose restored model is saved as a Hugging Face directory in the run directory,
+    # <run_dir>/restored-<ratio>/ (export.py). Not in the run key: the files are a by-product, no result changes.
+    export: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -214,7 +217,10 @@ class PathsConfig:
 class ResourcesConfig:
     """What one cell asks the cluster for (conf/resources/; a model's config picks its preset)."""
     gpus: int = 0  # GPUs on the one node of a cell
-    cpus: int = 1  # CPU cores (also the threads torch uses)
+    cpus: int = 1  # CPU cores a cell asks for (SLURM: also the threads torch uses, through OMP_NUM_THREADS)
+    # Threads torch uses in this cell (run.use_threads): None leaves torch's default, every core, for the one cell of
+    # the basic launcher; hydra/launcher=local_parallel sets each cell's share of the machine, cores / cells at once.
+    threads: Any = None
     mem_gb: int = 4
     timeout_min: int = 60  # wall time; a cell that hits it is checkpointed and requeued
     # Where the base and fine-tuned weight copies kept for restoration live: `device` (beside the model) or `cpu`
@@ -240,13 +246,21 @@ class Config:
     name: str = "run"  # free label (not part of the run key)
 
 
-# What identifies a run: everything but logging, paths, labels, checkpointing and cluster resources (Dora's "exclude" list).
-NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources")
+# What identifies a run: everything but logging, paths, labels, checkpointing, cluster resources (Dora's "exclude"
+# list) and which restored models are also saved as files (the results are the same with or without them).
+NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.export")
 
 
 def semantic(cfg: Config) -> dict[str, Any]:
     """The part of the config that changes a run's results."""
-    return {k: v for k, v in asdict(cfg).items() if k not in NON_SEMANTIC}
+    out = asdict(cfg)
+    for key in NON_SEMANTIC:
+        *parents, leaf = key.split(".")
+        node = out
+        for parent in parents:
+            node = node[parent]
+        del node[leaf]
+    return out
 
 
 def run_key(cfg: Config) -> str:
@@ -280,6 +294,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.mastery.bucket in BUCKETS, "mastery.bucket", cfg.mastery.bucket, ", ".join(BUCKETS))
     _check(cfg.probe.estimator in ESTIMATORS, "probe.estimator", cfg.probe.estimator, ", ".join(ESTIMATORS))
     _check(cfg.probe.backend in BACKENDS, "probe.backend", cfg.probe.backend, ", ".join(BACKENDS))
+    threads = cfg.resources.threads
+    _check(threads is None or (type(threads) is int and threads > 0), "resources.threads", threads,
+           "a positive integer, or null for torch's default (every core)")
     _check(cfg.resources.weight_copies in ("device", "cpu"), "resources.weight_copies", cfg.resources.weight_copies, "device, cpu")
     if cfg.probe.backend == "vllm" and cfg.probe.estimator != "sampling":
         raise ConfigError(f"probe.backend=vllm only samples: use probe.estimator=sampling, or probe.backend=hf "
@@ -319,6 +336,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.restore.strategy in STRATEGIES, "restore.strategy", cfg.restore.strategy, ", ".join(STRATEGIES))
     _check(cfg.restore.region in REGIONS, "restore.region", cfg.restore.region, ", ".join(REGIONS))
     _check(cfg.restore.scope in SCOPES, "restore.scope", cfg.restore.scope, ", ".join(SCOPES))
+    for r in cfg.restore.export:
+        _check(r in cfg.restore.ratios, "restore.export", r,
+               f"ratios that restore.ratios also lists ({', '.join(f'{x:g}' for x in cfg.restore.ratios)})")
     _check(cfg.restore.layer_block_size >= 0, "restore.layer_block_size", cfg.restore.layer_block_size, "an integer >= 0")
     _check(cfg.kl.level in LEVELS, "kl.level", cfg.kl.level, "0..4")
     _check(cfg.kl.base_prompt in ("mapping", "qa"), "kl.base_prompt", cfg.kl.base_prompt, "mapping, qa")

@@ -30,6 +30,7 @@ from .data.synthetic import SyntheticWorld, build_world
 from .decoding import next_token_logits, qa_prompt
 from .errors import ConfigError, DataError, Interrupted, ModelError
 from .evaluate import answer_hits, accuracy, level_subsets
+from .export import export_path, export_restored
 from .fsdp import sft_fsdp
 from .kl import AnswerFilter, early_answers, kl_stats, missing_reason, topk_renormalised_kl
 from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, smollm2_spec, tiny_world_spec
@@ -44,8 +45,9 @@ UPDATE_SHARE_RATIOS = (1, 3, 5, 10, 20, 40, 60)  # paper Table 3
 PREDICTION_COLUMNS = ["split", "level", "relation", "question", "answer", "prediction", "correct"]
 
 
-def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> RunResult:
-    """Run every stage for `cfg`, logging through `tracker`; the result's accuracies are in percent."""
+def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -> RunResult:
+    """Run every stage for `cfg`, logging through `tracker`; the result's accuracies are in percent. Restored models
+    that `restore.export` asks for are saved into `run_dir`."""
     timer = Timer()
     with timer("world"):
         data = load_data(cfg, cache)
@@ -70,7 +72,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker) -> RunResult:
         kl = kl_stats(kl_ref.kl(tuned.model, tuned.tokenizer))
     log_evaluation(tracker, cfg, data.kb, eval_sets, judged, kl, len(tuned.log.loss))
     with timer("restore"):
-        restore, update_share = restoration_sweep(cfg, tracker, tuned, judged, lambda: judge(cfg, data.kb, tuned, eval_sets, train_facts))
+        restore, update_share = restoration_sweep(cfg, tracker, tuned, judged, lambda: judge(cfg, data.kb, tuned, eval_sets, train_facts), run_dir)
         blocks = layer_blocks(cfg, tuned, lambda: judge(cfg, data.kb, tuned, eval_sets, []).acc)
     return RunResult(
         run_key="", config={}, level_counts=mastery.counts, prescreen_counts=data.prescreen_counts,
@@ -366,9 +368,11 @@ def predictions(kb: KnowledgeBase, eval_sets: dict[str, list[list[Fact]]], acc: 
 
 # --- stage 5: parameter restoration ----------------------------------------------------------------------------------
 
-def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: Judged, judge_now) -> tuple[list[RestorePoint], dict[str, float]]:
-    """Restore each ratio of restore.ratios and judge the model again (paper §5); also the update shares of
-    Table 3, which come from the global top strategy: with it, one streaming selection serves both."""
+def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: Judged, judge_now,
+                      run_dir: Path) -> tuple[list[RestorePoint], dict[str, float]]:
+    """Restore each ratio of restore.ratios and judge the model again (paper §5), saving the restored model of each
+    ratio in restore.export into run_dir; also the update shares of Table 3, which come from the global top
+    strategy: with it, one streaming selection serves both."""
     r = cfg.restore
     ratios = sorted(set(r.ratios))
     extra = list(UPDATE_SHARE_RATIOS) if r.strategy == "top" and r.scope == "global" else []
@@ -382,8 +386,10 @@ def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: J
         if sel.k > 0:
             restore_into(tuned.model, tuned.base_state, tuned.state, sel, r.region, r.strategy, r.seed)
         restored = judge_now() if sel.k > 0 else judged
+        # With k == 0 the model is still the fine-tuned one: ratios run in increasing order, so none was restored yet.
+        saved = export_restored(tuned.model, tuned.tokenizer, sel.per_tensor, export_path(run_dir, ratio)) if ratio in r.export else None
         points.append(RestorePoint(ratio, r.strategy, r.region, r.scope, sel.k, sel.n_total, round(100 * sel.change_share, 2),
-                                   sel.per_tensor, restored.acc, restored.acc_train))
+                                   sel.per_tensor, restored.acc, restored.acc_train, str(saved.resolve()) if saved else None))
         tracker.log(level_metrics("restore", restored.acc) | {"restore/acc_train": restored.acc_train, "restore/ratio": ratio})
     tracker.table("restore/acc_vs_ratio", ["ratio", "split", "accuracy"],
                   [[p.ratio, split, p.to_json()[f"acc_{split}"]] for split in EVAL_SPLITS for p in points],

@@ -78,6 +78,7 @@ class RestorePoint:
     per_tensor: dict[str, int]  # restored scalars per tensor
     acc: Accuracies
     acc_train: float | None = None  # on the SFT subset (paper Table 6); None in results written before it was kept
+    export_dir: str | None = None  # where this restored model was saved (restore.export), else None
 
     def accuracy(self, split: str) -> float | None:
         """Macro accuracy on an evaluation split, or (split `train`) on the SFT subset."""

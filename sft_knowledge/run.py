@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import Cache, CacheError, FileLock, write_atomic
 from .config import Config, register, run_key, semantic, validate
 from .errors import ConfigError, DataError, Interrupted
+from .export import export_path
 from .overrides import check_command_line
 from .provenance import provenance
 from .results import RunResult, load
@@ -50,7 +51,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
 
     # A finished result is immutable: reading it takes no lock, so a read-only output directory still answers.
     if results_path.exists():
-        return _already_done(key, results_path, job)
+        return _already_done(key, results_path, job, cfg.restore.export)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -58,13 +59,14 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
     # Two commands on one cell: the second waits, then finds the first's result.
     with FileLock(run_dir / ".lock", waiting=f"run {key} is running in another process; waiting for it to finish"):
         if results_path.exists():
-            return _already_done(key, results_path, job)
+            return _already_done(key, results_path, job, cfg.restore.export)
         job.mark("running")
+        use_threads(cfg.resources.threads)  # before torch computes anything
         tracker = Tracker(cfg.logger.mode, run_dir, key, cfg.logger.project, asdict(cfg), group=cfg.logger.group,
                           tags=list(cfg.logger.tags) + [cfg.model.name, cfg.mastery.bucket, f"size={cfg.data.size}", cfg.restore.strategy],
                           entity=cfg.logger.entity)
         with tracker:
-            result = replace(run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker), run_key=key, config=semantic(cfg),
+            result = replace(run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker, run_dir), run_key=key, config=semantic(cfg),
                                          overrides=hydra_overrides or [], provenance=provenance(run_dir))
             tracker.summary({"acc_test": result.acc["test"].acc, "acc_testood": result.acc["testood"].acc,
                              "acc_train": result.acc_train, f"kl_test{result.kl_level}": result.kl_mean})  # the KL named by its level
@@ -74,8 +76,24 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
     return load(results_path)  # what was written (accuracies rounded to 2 decimals), so a summary shows what is stored
 
 
-def _already_done(key: str, results_path: Path, job: JobRecord) -> RunResult:
+def use_threads(threads: int | None) -> None:
+    """Run torch and OpenMP on `threads` threads (resources.threads: this cell's share of the cores, which
+    hydra/launcher=local_parallel sets); None leaves torch's default, every core, as the basic launcher's one cell wants.
+    Called before torch computes anything: OpenMP reads its variable when its pool starts."""
+    if threads is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch  # here, not at the top: `--help` and config errors stay fast
+
+    torch.set_num_threads(threads)
+
+
+def _already_done(key: str, results_path: Path, job: JobRecord, export: list[float]) -> RunResult:
     print(f"run {key} is already done: {results_path}")
+    # restore.export is not in the run key, so a run finished without an export is found done; say so, not nothing.
+    if missing := [r for r in export if not export_path(results_path.parent, r).is_dir()]:
+        raise ConfigError(f"restore.export={missing[0]:g}: run {key} finished without saving that restored model; delete "
+                          f"{results_path} and run again to save it (SFT and the probe come from the cache)")
     job.mark("done")
     return load(results_path)
 

@@ -44,6 +44,7 @@ def run_summary(r: RunResult) -> str:
         lines.append(f"  restoration ({first.strategy}, {first.region})  ratio%   acc_test  acc_testood  change share%")
         for p in r.restore:
             lines.append(f"    {'':<33}{p.ratio:>6g} {_f(p.accuracy('test'), 10)} {_f(p.accuracy('testood'), 12)} {_f(p.change_share, 14)}")
+        lines += [f"  restored model saved ({p.ratio:g}%): {p.export_dir}" for p in r.restore if p.export_dir]
     else:
         lines.append("  restoration: skipped on request (restore.ratios=[])")
     for b in r.restore_blocks:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_knowledge.config import Config, ConfigError, run_key, validate
+from sft_knowledge.config import Config, ConfigError, run_key, semantic, validate
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -40,6 +40,9 @@ def test_mastery_option_selects_bucket(compose):
         ("restore.ratios=[0,150]", "restore.ratios=150 is not allowed: expected percentages in [0, 100]"),
         ("restore.ratios=[-1]", "restore.ratios=-1 is not allowed"),
         ("restore.strategy=best", "restore.strategy='best' is not allowed: expected top, bottom, random"),
+        ("restore.export=[30]", "restore.export=30 is not allowed: expected ratios that restore.ratios also lists (0, 1, 3, 5, 10, 20, 40, 60)"),
+        ("restore.ratios=[0,5] restore.export=[5,20]", "restore.export=20 is not allowed: expected ratios that restore.ratios also lists (0, 5)"),
+        ("resources.threads=0", "resources.threads=0 is not allowed: expected a positive integer, or null for torch's default"),
         ("probe.estimator=guess", "probe.estimator='guess' is not allowed: expected sampling, likelihood"),
         ("probe.backend=tgi", "probe.backend='tgi' is not allowed: expected hf, vllm"),
         ("resources.weight_copies=disk", "resources.weight_copies='disk' is not allowed: expected device, cpu"),
@@ -66,6 +69,8 @@ def test_bad_values_are_one_line_errors(compose, override, message):
 def test_run_key_is_semantic(compose):
     base = compose()
     assert run_key(base) == run_key(compose("logger=disabled", "paths.output_dir=/elsewhere", "name=other"))
+    assert run_key(base) == run_key(compose("restore.export=[20]", "resources.threads=1"))  # files and threads, same results
+    assert "export" not in semantic(compose("restore.export=[20]"))["restore"]
     assert run_key(base) != run_key(compose("seed=1"))
     assert run_key(base) != run_key(compose("data.size=60"))
     assert run_key(base).startswith("tiny_world-all-240-")

@@ -13,7 +13,7 @@ LAYERS = [
     ("foundation", {"", "errors", "data", "data.facts"}),  # "": the package itself
     ("settings and records", {"config", "cache", "results"}),
     ("shared pieces", {"data.synthetic", "data.entityquestions", "data.sampling", "decoding", "tracking", "provenance"}),
-    ("stages", {"pretrain", "models", "probe", "prescreen", "train", "fsdp", "evaluate", "kl", "restore"}),
+    ("stages", {"pretrain", "models", "probe", "prescreen", "train", "fsdp", "evaluate", "kl", "restore", "export"}),
     ("recipe", {"recipe"}),
     ("entry points and readers", {"run", "overrides", "sweep", "summary", "status", "report", "report.__main__",
                                   "report.figures", "report.layout", "report.paper", "report.tables", "report.write"}),
