@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sft_knowledge.results import load  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = {"cold": 15 * 60, "warm": 3 * 60}
 RSS_BUDGET_GB = 4.0
@@ -32,6 +35,25 @@ def measure(cmd: list[str]) -> dict:
     )
     out = subprocess.run([sys.executable, "-c", child, *cmd], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def world_checks(runs: list) -> dict:
+    """What the embedded world must show (issue 16): level counts of every split, and the paper's effects that
+    `make run` shows: D-0 training worst at every size, 240 D-4 facts answering at least 50% of D_test-4, and
+    restoring 10-20% helping the 1,920-fact models."""
+    by_cell = {(r.config["mastery"]["bucket"], r.config["data"]["size"]): r for r in runs}
+    sizes = sorted({size for _, size in by_cell})
+    acc = {f"{bucket}/{size}": r.acc["test"].acc for (bucket, size), r in sorted(by_cell.items())}
+    best_restored = {f"{bucket}/1920": max((p.accuracy("test") or 0) for p in r.restore if p.ratio in (10, 20))
+                     for (bucket, size), r in by_cell.items() if size == 1920}
+    d4 = by_cell.get(("d4", 240))
+    return {
+        "level_counts": runs[0].level_counts,
+        "acc_test": acc,
+        "d0_worst_at_every_size": all(acc[f"d0/{size}"] == min(v for k, v in acc.items() if k.endswith(f"/{size}")) for size in sizes),
+        "d4_240_acc_on_d_test_4": d4.acc["test"].acc_level[4] if d4 else None,
+        "restoring_10_20_pct_at_1920": {cell: {"unrestored": acc[cell], "best_of_10_20": best_restored[cell]} for cell in best_restored},
+    }
 
 
 def main() -> None:
@@ -58,7 +80,9 @@ def main() -> None:
     print(f"{len(cells)} cells; stage seconds summed over cells (cold run, cached stages count once): "
           + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     result = {"phases": phases, "budget_s": BUDGET, "rss_budget_gb": RSS_BUDGET_GB, "cells": len(cells),
-              "stage_seconds": timings, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "output_dir": str(output_dir)}
+              "stage_seconds": timings, "world": world_checks([load(p) for p in cells]),
+              "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "output_dir": str(output_dir)}
+    print(json.dumps(result["world"], indent=1))
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / "results" / "make_run.json").write_text(json.dumps(result, indent=1))
 
