@@ -103,34 +103,23 @@ class _Names:
         return [w.capitalize() for w in words]
 
 
-# Object pools. What makes an object familiar is how many facts draw it: the in-domain pools are shared by thousands
-# of train and test facts (a city is the object of about 50 facts, a region of 30), while the out-of-domain people and
-# companies are drawn only by the test-ood and bridge facts of their relations. With pools as large as the cities'
-# (300 people, 200 companies) each appeared in 3-6 facts, and their relations stayed in D-0/D-1 (docs/world.md): so
-# their pools are sized like the in-domain ones, about 40 facts per person and 27 per company at the default scale.
-POOL_SIZES = {"city": 300, "country": 60, "school": 150, "region": 80, "company": 20, "language": 40, "person": 40}
-
-
 def _object_pools(names: _Names, scale: float) -> dict[str, list[str]]:
-    size = {kind: max(8, int(n * scale)) for kind, n in POOL_SIZES.items()}
-    single = sum(n for kind, n in size.items() if kind != "person")
-    words = iter(names.substring_free([3] * (single + 2 * size["person"])))
-    take = lambda kind, fmt: [fmt.format(next(words)) for _ in range(size[kind])]  # noqa: E731
+    size = lambda n: max(8, int(n * scale))  # noqa: E731
+    single = size(300) + size(60) + size(150) + size(80) + size(200) + size(40)
+    words = iter(names.substring_free([3] * (single + 2 * size(300))))
+    take = lambda n, fmt: [fmt.format(next(words)) for _ in range(n)]  # noqa: E731
     return {
-        "city": take("city", "{}"),
-        "country": take("country", "{}"),
-        "school": take("school", "{} University"),
-        "region": take("region", "{} Province"),
-        "company": take("company", "{} Industries"),
-        "language": take("language", "{}ish"),
-        "person": [f"{next(words)} {next(words)}" for _ in range(size["person"])],
+        "city": take(size(300), "{}"),
+        "country": take(size(60), "{}"),
+        "school": take(size(150), "{} University"),
+        "region": take(size(80), "{} Province"),
+        "company": take(size(200), "{} Industries"),
+        "language": take(size(40), "{}ish"),
+        "person": [f"{next(words)} {next(words)}" for _ in range(size(300))],
         "occupation": list(_OCCUPATIONS),
     }
 
 
-# A subject of one name word ("the X Tower") is mastered less than one of two ("X Y", as people and bands). Books and
-# products, subjects of out-of-domain relations only, have two: with one, P50, P407 and P176 stayed in D-0/D-1 beside
-# the hard-to-master landmarks (docs/world.md).
 _SUBJECT_FORMS = {
     "person": "{} {}",
     "landmark": "the {} Tower",
@@ -139,8 +128,8 @@ _SUBJECT_FORMS = {
     "event": "the {} Festival",
     "work": "the film {}",
     "band": "{} {}",
-    "book": "the book {} {}",
-    "product": "the {} {} Engine",
+    "book": "the book {}",
+    "product": "the {} Engine",
 }
 
 
