@@ -21,9 +21,9 @@ from .train import cosine_lr
 
 # One separator token ends a document and begins the next (GPT-2 style), so it also serves as BOS.
 EOS, PAD = "</s>", "<pad>"
-# Pretraining throughput per CPU thread, for the time estimate printed before it starts: 11.1k tokens/s measured on
-# 2 idle AVX2 cores for the default model (docs/world.md); a step's cost is proportional to the tokens it trains on.
-TOKENS_PER_S_PER_THREAD = 5_500
+# Pretraining throughput per CPU thread, for the time estimate printed before it starts: the default world's 12.8M
+# tokens took 916 s on the project's 2 idle cores (make bench, 2026-12-02: 14k tokens/s; 11.1k on an earlier machine).
+TOKENS_PER_S_PER_THREAD = 7_000
 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
