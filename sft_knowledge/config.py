@@ -253,13 +253,18 @@ NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.e
 
 def semantic(cfg: Config) -> dict[str, Any]:
     """The part of the config that changes a run's results."""
-    out = asdict(cfg)
+    return semantic_part(asdict(cfg))
+
+
+def semantic_part(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as a dict (a dataclass's, or the one Hydra recorded for a job) without its NON_SEMANTIC keys."""
+    out = json.loads(json.dumps(config))  # a deep copy: the caller's dict stays whole
     for key in NON_SEMANTIC:
         *parents, leaf = key.split(".")
         node = out
         for parent in parents:
-            node = node[parent]
-        del node[leaf]
+            node = node.get(parent, {})
+        node.pop(leaf, None)
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import results
+from .config import semantic_part
 from .results import RunResult
 
 SEED_KEYS = ("seed", "data.seed")  # runs differing only in these are repeats of one cell
@@ -137,7 +138,8 @@ def read_jobs(sweep_dir: Path, prefix: str = "", planned: bool = False) -> list[
         if result is not None:
             config = result.config
         elif (recorded := _yaml(hydra_dir / "config.yaml")) is not None:  # place a job without results by Hydra's record
-            config = {k: v for k, v in recorded.items() if k in semantic}
+            # the same part of it that a run's results record (config.semantic), so the two compare key by key
+            config = {k: v for k, v in semantic_part(recorded).items() if k in semantic}
         else:
             config = None
         overrides = plan[number] if plan is not None else _yaml(hydra_dir / "overrides.yaml") or []
