@@ -51,13 +51,22 @@ def _wait(what: str, condition, timeout: float = TIMEOUT):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _accounting(job: str) -> list[list[str]]:
+    """Wait for a job (or every task of an array) to reach a final state in accounting; return its
+    rows as [JobID, State, Start, End]. Accounting lags the queue: a task gone from squeue, or whose
+    driver has already finished, can still read RUNNING in sacct for a while."""
+    def rows() -> list[list[str]]:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State,Start,End"],
+                             capture_output=True, text=True).stdout.splitlines()
+        found = [line.split("|") for line in out]
+        return found if found and not any(row[1] in ("RUNNING", "PENDING", "REQUEUED") for row in found) else []
+    return _wait(f"accounting of job {job}", rows)
+
+
 def _finished(job: str) -> str:
     """Wait for a job to leave the queue; return its final state from accounting."""
     _wait(f"job {job}", lambda: subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() == "")
-    def final_state() -> str:  # accounting lags the queue: a job gone from squeue can still read RUNNING in sacct
-        state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True).stdout.strip()
-        return "" if state in ("", "RUNNING", "PENDING", "REQUEUED") else state
-    return _wait(f"accounting of job {job}", final_state)
+    return _accounting(job)[0][1]
 
 
 def _status(sweep: Path) -> str:
@@ -90,10 +99,9 @@ def test_sweep_runs_as_one_job_array_and_computes_shared_stages_once(sweep_2x2):
     assert len({s["SLURM_ARRAY_JOB_ID"] for s in slurm}) == 1 and [s["SLURM_ARRAY_TASK_ID"] for s in slurm] == ["0", "1", "2", "3"]
     array = slurm[0]["SLURM_ARRAY_JOB_ID"]
     times = {}
-    for line in subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State,Start,End"], capture_output=True, text=True).stdout.split():
-        job_id, state, start, end = line.split("|")
+    for job_id, state, start, end in _accounting(array):
         times[job_id] = (start, end)
-        assert state == "COMPLETED", line
+        assert state == "COMPLETED", (job_id, state)
     assert sorted(times) == [f"{array}_{i}" for i in range(4)]
     (start0, end0), (start1, end1) = times[f"{array}_0"], times[f"{array}_1"]
     assert start0 < end1 and start1 < end0  # the two cells of size 24 ran at the same time
