@@ -164,6 +164,39 @@ def check(path: Path, verify: str = "full", hash_files: bool = True) -> None:
             raise _corrupt(path, f"{name} does not match its SHA-256 in {MARKER}")
 
 
+def _remove_stale(path: Path) -> None:
+    """Temporary directories of `path`'s dead builders: the caller holds its lock, so no live builder owns them."""
+    stale = sorted(path.parent.glob(f".tmp-{path.name}-*"))
+    if stale:
+        size = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+        for d in stale:
+            shutil.rmtree(d, ignore_errors=True)
+        print(f"cache: removed {len(stale)} temporary director{'y' if len(stale) == 1 else 'ies'} of a killed "
+              f"builder of {path} ({_size(size)})", file=sys.stderr)
+
+
+def _written(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def publish_dir(dest: Path, build: Callable[[Path], None], full_disk: Callable[[Path, Exception], str]) -> None:
+    """Build a directory with `build(tmp)` in a temporary sibling and publish it as `dest` by one rename, so `dest`
+    exists whole or not at all. The caller holds `dest`'s lock, so temporary siblings left by a killed builder are
+    stale and removed first. A full disk is a one-line SaveError: `full_disk(tmp, err)` says what was being built."""
+    _remove_stale(dest)
+    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        build(tmp)
+        os.replace(tmp, dest)
+    except Exception as err:
+        if not is_no_space(err, dest.parent):
+            raise
+        raise SaveError(full_disk(tmp, err)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class FileLock:
     """An exclusive flock on `path`, held inside `with`: it holds across processes and the nodes of an NFS file
     system, and the kernel releases it when its process dies, however it dies. Opening the file happens at
@@ -216,16 +249,6 @@ class Cache:
         if key is not None and _verified.get(key) != "full":
             _verified[key] = self.verify
 
-    def _remove_stale(self, path: Path) -> None:
-        """Temporary directories of this entry's dead builders: we hold its lock, so no live builder owns them."""
-        stale = sorted(path.parent.glob(f".tmp-{path.name}-*"))
-        if stale:
-            size = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
-            for d in stale:
-                shutil.rmtree(d, ignore_errors=True)
-            print(f"cache: removed {len(stale)} temporary director{'y' if len(stale) == 1 else 'ies'} of a killed "
-                  f"builder of {path} ({_size(size)})", file=sys.stderr)
-
     def get_or_build(self, kind: str, spec: Any, build: Callable[[Path], None]) -> tuple[Path, bool]:
         """Path of the entry for `spec`, building it with `build(tmp_dir)` if missing. Returns (path, hit)."""
         path = self.entry(kind, spec)
@@ -243,24 +266,19 @@ class Cache:
             if path.exists():
                 self._read(path)
                 return path, True
-            self._remove_stale(path)
-            tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-            try:
-                tmp.mkdir()
+
+            def build_entry(tmp: Path) -> None:
                 build(tmp)
                 marker = {"kind": kind, "spec": spec if not hasattr(spec, "__dataclass_fields__") else repr(spec), **_manifest(tmp)}
                 (tmp / MARKER).write_text(json.dumps(marker, indent=1, default=str))
-                os.replace(tmp, path)
-                _verified[self._memo_key(path)] = "full"  # hashed just now, from the files as written
-                shutil.rmtree(self.work_dir(kind, spec), ignore_errors=True)
-            except Exception as err:
-                if not is_no_space(err, path.parent):
-                    raise
-                written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.is_dir() else 0
+
+            def full_disk(tmp: Path, err: Exception) -> str:
                 cause = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-                raise SaveError(f"no space left to build cache entry {path}: it needs more than the {_size(written)} written "
-                                f"when the disk filled, {_size(_free_bytes(path.parent))} free; free space or point "
-                                f"paths.cache_dir elsewhere, then re-run ({cause})") from None
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                return (f"no space left to build cache entry {path}: it needs more than the {_size(_written(tmp))} written "
+                        f"when the disk filled, {_size(_free_bytes(path.parent))} free; free space or point "
+                        f"paths.cache_dir elsewhere, then re-run ({cause})")
+
+            publish_dir(path, build_entry, full_disk)
+            _verified[self._memo_key(path)] = "full"  # hashed just now, from the files as written
+            shutil.rmtree(self.work_dir(kind, spec), ignore_errors=True)
         return path, False

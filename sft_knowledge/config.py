@@ -154,6 +154,9 @@ class TrainConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # Batches of examples of similar length (Hugging Face's group_by_length: windows of 50 batches sorted by length,
+    # the batches then in random order): less padding, but not the paper's random order, so off by default.
+    group_by_length: bool = False
 
 
 @dataclass
@@ -249,6 +252,9 @@ class Config:
 # What identifies a run: everything but logging, paths, labels, checkpointing, cluster resources (Dora's "exclude"
 # list) and which restored models are also saved as files (the results are the same with or without them).
 NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.export")
+# Options added after run and cache keys were in use, with the value that means "as before": at that value they are
+# left out of every key (Dora's rule for new parameters), so adding an option redoes no finished run or SFT.
+ADDED_LATER = {"train.group_by_length": False}
 
 
 def semantic(cfg: Config) -> dict[str, Any]:
@@ -260,12 +266,26 @@ def semantic_part(config: dict[str, Any]) -> dict[str, Any]:
     """A config as a dict (a dataclass's, or the one Hydra recorded for a job) without its NON_SEMANTIC keys."""
     out = json.loads(json.dumps(config))  # a deep copy: the caller's dict stays whole
     for key in NON_SEMANTIC:
-        *parents, leaf = key.split(".")
-        node = out
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
-    return out
+        _drop(out, key)
+    return without_added_defaults(out)
+
+
+def without_added_defaults(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`config` (the whole config, or its `prefix` part, e.g. "train") without the ADDED_LATER options at their
+    "as before" value; changed in place and returned."""
+    for key, default in ADDED_LATER.items():
+        if key.startswith(prefix):
+            _drop(config, key.removeprefix(prefix).lstrip("."), only_if=default)
+    return config
+
+
+def _drop(config: dict[str, Any], dotted: str, only_if: Any = ...) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for parent in parents:
+        node = node.get(parent, {})
+    if leaf in node and (only_if is ... or node[leaf] == only_if):
+        del node[leaf]
 
 
 def run_key(cfg: Config) -> str:

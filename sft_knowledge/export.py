@@ -8,12 +8,9 @@ temporary directory beside it and published by one rename, so a killed run never
 """
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 
-from .cache import SaveError, is_no_space
+from .cache import publish_dir
 
 SHARD_SIZE = "5GB"  # the hub's customary shard size: an 8B bf16 model is 4 files that load and copy one by one
 TENSORS = "restored_tensors.tsv"
@@ -35,19 +32,12 @@ def export_restored(model, tokenizer, per_tensor: dict[str, int], dest: Path) ->
     run's lock, so no one else writes beside `dest`."""
     if dest.exists():  # published by one rename, so complete: an earlier, killed attempt of this run (same key) wrote it
         return dest
-    for stale in dest.parent.glob(f".tmp-{dest.name}-*"):  # left by a killed attempt
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def build(tmp: Path) -> None:
         model.save_pretrained(tmp, max_shard_size=SHARD_SIZE)
         tokenizer.save_pretrained(tmp)
         (tmp / TENSORS).write_text(tensor_table(model, per_tensor))
-        os.replace(tmp, dest)
-    except Exception as err:
-        if is_no_space(err, dest.parent):
-            raise SaveError(f"no space left to save the restored model into {dest}: free space, or export fewer ratios "
-                            f"(restore.export)") from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_dir(dest, build, lambda tmp, err: f"no space left to save the restored model into {dest}: free space, or "
+                                              f"export fewer ratios (restore.export)")
     return dest

@@ -228,6 +228,29 @@ def merge_lora(model):
     return model.merge_and_unload()
 
 
+LENGTH_WINDOW = 50  # group_by_length: batches per window sorted by length (Hugging Face's megabatch)
+
+
+def example_order(lengths: list[int], cfg: TrainConfig, seed: int) -> list[int]:
+    """The order SFT takes the examples in, `cfg.epochs` epochs of it: each epoch a random permutation; with
+    `cfg.group_by_length`, each window of LENGTH_WINDOW batches of it sorted by length (longest first), cut into batches,
+    and the full batches shuffled, the one short batch, if any, kept last so that every step is one of these batches."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(math.ceil(cfg.epochs)):
+        epoch = list(range(len(lengths)))
+        rng.shuffle(epoch)
+        if cfg.group_by_length and epoch:
+            window = LENGTH_WINDOW * cfg.batch_size
+            ranked = [i for w in range(0, len(epoch), window) for i in sorted(epoch[w : w + window], key=lambda i: -lengths[i])]
+            batches = [ranked[b : b + cfg.batch_size] for b in range(0, len(ranked), cfg.batch_size)]
+            short = [batches.pop()] if len(batches[-1]) < cfg.batch_size else []
+            rng.shuffle(batches)
+            epoch = [i for batch in batches + short for i in batch]
+        order += epoch
+    return order[: round(cfg.epochs * len(lengths))]
+
+
 def sft(model, tokenizer, job: SFTJob) -> TrainLog:
     """Fine-tune the trainable parameters of `model` in place on `job.facts`. `job.curve(model, tokenizer, step, total)`
     runs after every optimizer step; a dict it returns is kept in the log's `events`. With `job.checkpoint_dir`, resume
@@ -239,13 +262,7 @@ def sft(model, tokenizer, job: SFTJob) -> TrainLog:
     encoded = encode_examples(tokenizer, [qa_prompt(f.question) for f in job.facts], [f.object for f in job.facts])
     prompts, targets = [p for p, _ in encoded], [t for _, t in encoded]
     examples = list(zip(prompts, targets))
-    order: list[int] = []
-    rng = random.Random(job.seed)
-    for _ in range(math.ceil(cfg.epochs)):
-        epoch = list(range(len(examples)))
-        rng.shuffle(epoch)
-        order += epoch
-    order = order[: round(cfg.epochs * len(examples))]
+    order = example_order([len(p) + len(t) for p, t in examples], cfg, job.seed)
     total = math.ceil(len(order) / cfg.batch_size)
     warmup = round(cfg.warmup_ratio * total)
     master = MasterWeights(model, cfg.precision)  # before the optimizer: its state takes the masters' dtype

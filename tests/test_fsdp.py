@@ -143,8 +143,8 @@ def test_gpus_bf16_match_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_the_pipeline_with_fsdp_in_a_submitit_job_gives_the_single_process_results(cli, smoke_cache, tmp_path):
-    # As on SLURM, the cell runs in a submitit job (here a local one) and spawns its SFT processes there.
-    cli("-m", "hydra/launcher=local_parallel", "train=fsdp", "train.fsdp_processes=2", output_dir=tmp_path / "fsdp",
+    # As on SLURM, the cell runs in a submitit job (here a local one: submitit_local) and spawns its SFT processes there.
+    cli("-m", "hydra/launcher=submitit_local", "train=fsdp", "train.fsdp_processes=2", output_dir=tmp_path / "fsdp",
             cache_dir=smoke_cache)
     cli(output_dir=tmp_path / "single", cache_dir=smoke_cache)  # the session fixture fine-tuned this one
     [fsdp], [single] = ([json.loads(p.read_text()) for p in (tmp_path / d).glob("runs/*/results.json")] for d in ("fsdp", "single"))

@@ -1,12 +1,15 @@
 """hydra/launcher=local_parallel: a cap on the cells running at once, and each cell's share of the cores for torch."""
 import json
+import multiprocessing
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from hydra_plugins.sft_knowledge_local_parallel import LocalParallelLauncher, cells_at_once, plan, thread_share, with_threads
+from hydra.core.utils import JobStatus
+
+from hydra_plugins.sft_knowledge_local_parallel import LocalParallelLauncher, _receive, cells_at_once, plan, thread_share, with_threads
 from sft_knowledge.run import use_threads
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -83,6 +86,16 @@ def test_a_cell_runs_torch_on_its_share():
             os.environ["OMP_NUM_THREADS"] = before[1]
 
 
+def test_a_cell_that_dies_without_its_result_is_a_failed_cell():
+    fork = multiprocessing.get_context("fork")
+    reader, writer = fork.Pipe(duplex=False)
+    process = fork.Process(target=os._exit, args=(9,))  # as a cell killed mid-way: no JobReturn sent
+    process.start()
+    writer.close()
+    ret = _receive(reader, process, ["data.size=20"])
+    assert ret.status == JobStatus.FAILED and "exit code 9" in str(ret._return_value) and ret.overrides == ["data.size=20"]
+
+
 @pytest.mark.slow
 def test_local_parallel_runs_the_cells_at_most_max_parallel_at_once_on_their_share(cli, smoke_cache, tmp_path):
     cli("-m", "hydra/launcher=local_parallel", "hydra.launcher.max_parallel=1", "data.size=20,30", "restore.ratios=[0]",
@@ -90,7 +103,18 @@ def test_local_parallel_runs_the_cells_at_most_max_parallel_at_once_on_their_sha
     runs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/results.json")]
     cores = len(os.sched_getaffinity(0))
     assert len(runs) == 2 and all(f"resources.threads={cores}" in r["overrides"] for r in runs)  # one cell: every core
-    # submitit writes a job's pickle when the job is submitted and its result when it ends
-    spans = sorted((next(d.glob("*_submitted.pkl")).stat().st_mtime, next(d.glob("*_result.pkl")).stat().st_mtime)
-                   for d in (tmp_path / "sweeps").glob("*/.submitit/*") if d.name.isdigit())  # a job's folder: its pid
-    assert len(spans) == 2 and spans[0][1] <= spans[1][0]  # the second cell was submitted after the first ended
+    # Each cell in a process of its own; the second started (Hydra wrote its job config) after the first had finished.
+    cells = [tmp_path / "sweeps" / d.parent.name / d.name for d in sorted((tmp_path / "sweeps").glob("*/[0-9]"))]
+    info = [json.loads((d / "run.json").read_text()) for d in cells]
+    assert len(cells) == 2 and len({i["pid"] for i in info}) == 2 and os.getpid() not in {i["pid"] for i in info}
+    first_end = (Path(info[0]["run_dir"]) / "results.json").stat().st_mtime
+    assert first_end <= (cells[1] / ".hydra" / "config.yaml").stat().st_mtime
+
+
+@pytest.mark.slow
+def test_a_failing_cell_fails_alone_and_the_sweep_exit_says_so(cli, smoke_cache, tmp_path):
+    """One cell asks for more facts than its bucket holds; the other finishes; the driver exits non-zero."""
+    proc = cli("-m", "hydra/launcher=local_parallel", "data.size=20,100000", "restore.ratios=[0]",
+               output_dir=tmp_path, cache_dir=smoke_cache, check=False)
+    assert proc.returncode != 0 and "1 cell(s) failed" in proc.stderr
+    assert len(list((tmp_path / "runs").glob("*/results.json"))) == 1

@@ -1,7 +1,9 @@
 """SFT: loss on answer tokens only, the paper's cosine schedule (and pretraining's), and a loss that goes down."""
 import math
 import os
+import random
 import signal
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -11,8 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sft_knowledge.data.facts import Fact
 from sft_knowledge.decoding import encode_examples, qa_prompt
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.config import CheckpointConfig, TrainConfig
-from sft_knowledge.train import IGNORE, SFTJob, _batch, cosine_lr, latest_checkpoint, sft
+from sft_knowledge.config import CheckpointConfig, TrainConfig, run_key, semantic
+from sft_knowledge.train import IGNORE, LENGTH_WINDOW, SFTJob, _batch, cosine_lr, example_order, latest_checkpoint, sft
 
 FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
 
@@ -111,3 +113,38 @@ def test_sft_checkpoints_periodically(tmp_path):
     sft(_model(tok), tok, _job(TrainConfig(epochs=2, batch_size=8), checkpoint_dir=tmp_path, checkpoint=CheckpointConfig(every=3)))
     assert torch.load(latest_checkpoint(tmp_path) / "state.pt")["step"] == 6  # saved at 3 and 6; the last step (8) needs none
     assert [p.name for p in tmp_path.glob("step-*")] == ["step-000006"]  # step 3's removed once 6 was complete
+
+
+def test_example_order_is_a_seeded_permutation_per_epoch_as_before():
+    lengths = list(range(30))
+    order = example_order(lengths, TrainConfig(epochs=2.5, batch_size=8), seed=3)
+    rng, expected = random.Random(3), []
+    for _ in range(3):
+        epoch = list(range(30))
+        rng.shuffle(epoch)
+        expected += epoch
+    assert order == expected[:75]
+
+
+def test_group_by_length_batches_similar_lengths_and_keeps_the_short_batch_last():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 40) for _ in range(LENGTH_WINDOW * 8 + 13)]  # a full window, then 13: one full batch and 5
+    cfg = TrainConfig(batch_size=8, group_by_length=True)
+    order = example_order(lengths, cfg, seed=1)
+    assert sorted(order) == list(range(len(lengths)))
+    batches = [order[b : b + 8] for b in range(0, len(order), 8)]
+    assert len(batches[-1]) == 5  # the short batch is the last step
+    for batch in batches:
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+    padded = lambda o: sum(8 * max(lengths[i] for i in o[b : b + 8]) for b in range(0, len(o), 8))  # noqa: E731
+    random_order = example_order(lengths, TrainConfig(batch_size=8), seed=1)
+    assert padded(order) < 0.8 * padded(random_order)
+    # the batches are not in length order: the first window's 50 batches come shuffled
+    firsts = [lengths[b[0]] for b in batches[:LENGTH_WINDOW]]
+    assert firsts != sorted(firsts, reverse=True)
+
+
+def test_an_option_added_later_leaves_keys_unchanged_at_its_old_value(compose):
+    off, on = compose("experiment=smoke"), compose("experiment=smoke", "train.group_by_length=true")
+    assert "group_by_length" not in semantic(off)["train"] and semantic(on)["train"]["group_by_length"] is True
+    assert "group_by_length" in asdict(off.train) and run_key(off) != run_key(on)
