@@ -2,8 +2,9 @@
 
     python benchmarks/report.py [--quick]     (--quick: results/quick/*.json into results/quick/README.md)
 
-Without --quick, and reading the project's own results folder, it also writes the table into the project's README, between the two BEGIN/END comment lines of its
-"Performance and benchmarks" section, so the README always shows the latest measured table with its date and machine.
+Without --quick, and reading the project's own results folder, it also writes the table into the project's README,
+between the BEGIN/END comment lines of its "Performance and benchmarks" section, so the README always shows the latest
+measured table with its dates and machine.
 
 Each benchmark's rows (common.row): ours, the baseline measured in the same run, the speed-up (how many times better
 ours is) and whether the target is met, with the date and machine of the run. bench_make_run.py writes its own
@@ -79,7 +80,7 @@ def main() -> None:
     machines = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores ({r['machine']['host']})"
                        for r in results.values() if "machine" in r})
     dates = sorted(d for r in results.values() if (d := r.get("date") or r.get("measured_at")))
-    measured = f"{dates[0][:10]} to {dates[-1][:10]}" if dates and dates[0][:10] != dates[-1][:10] else (dates[0][:10] if dates else "?")
+    measured = " to ".join(sorted({dates[0][:10], dates[-1][:10]})) if dates else "?"
     about = ("Machine: " + ("; ".join(machines) or "not recorded") + f"; measured {measured}. Speed-up: how many times better "
              "ours is than the baseline measured in the same run (baseline / ours for times and sizes, ours / baseline for rates).")
     body = [table(results), *projection(results)]

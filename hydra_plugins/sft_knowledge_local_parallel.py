@@ -9,10 +9,10 @@ and OpenMP before it computes anything (sft_knowledge.run.use_threads).
 
 Each cell is a process forked from the launcher's main thread, after it has imported the `preload` modules (torch,
 transformers, the pipeline) but run nothing on them, so no thread pool or lock is copied mid-use: a cell starts in
-milliseconds with its imports done, where a fresh interpreter (submitit's `python -m submitit...`) spends about 4 s
-importing torch and transformers for every cell, about as much as a smoke cell computes. A cell is still its own process: its memory goes back when it ends, and a cell that dies (killed,
-out of memory) fails alone, as a failed cell of the sweep. The cell's result (Hydra's JobReturn) comes back through
-a pipe.
+milliseconds with its imports done, where a fresh interpreter (submitit's `python -m submitit...`) spends about 3 s
+importing torch, transformers and the pipeline for every cell, about as much as a smoke cell computes. A cell is still
+its own process: its memory goes back when it ends, and a cell that dies (killed, out of memory) fails alone, as a
+failed cell of the sweep. The cell's result (Hydra's JobReturn) comes back through a pipe.
 
 Hydra instantiates launchers only from the `hydra_plugins` namespace package; this one needs nothing of sft_knowledge.
 No `from __future__ import annotations`: Hydra's plugin scan runs the module before it is in sys.modules, where
@@ -141,8 +141,10 @@ class LocalParallelLauncher(Launcher):
             ret = JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=RuntimeError(f"{type(err).__name__}: {err}"))
         try:
             conn.send(ret)
-        except Exception as err:  # noqa: BLE001 - a return value that does not pickle: its status and its text
-            conn.send(JobReturn(overrides=overrides, status=ret.status, _return_value=RuntimeError(str(ret._return_value)) if ret.status == JobStatus.FAILED else None))
+        except Exception:  # noqa: BLE001 - a return value that does not pickle: its status and its text
+            failed = ret.status == JobStatus.FAILED
+            conn.send(JobReturn(overrides=overrides, status=ret.status,
+                                _return_value=RuntimeError(str(ret._return_value)) if failed else None))
         conn.close()
 
 

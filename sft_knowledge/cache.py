@@ -168,7 +168,7 @@ def _remove_stale(path: Path) -> None:
     """Temporary directories of `path`'s dead builders: the caller holds its lock, so no live builder owns them."""
     stale = sorted(path.parent.glob(f".tmp-{path.name}-*"))
     if stale:
-        size = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+        size = sum(_written(d) for d in stale)
         for d in stale:
             shutil.rmtree(d, ignore_errors=True)
         print(f"cache: removed {len(stale)} temporary director{'y' if len(stale) == 1 else 'ies'} of a killed "
@@ -176,6 +176,7 @@ def _remove_stale(path: Path) -> None:
 
 
 def _written(path: Path) -> int:
+    """Bytes of the files under `path` (0 if it is gone)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 

@@ -263,20 +263,14 @@ def semantic(cfg: Config) -> dict[str, Any]:
 
 
 def semantic_part(config: dict[str, Any]) -> dict[str, Any]:
-    """A config as a dict (a dataclass's, or the one Hydra recorded for a job) without its NON_SEMANTIC keys."""
+    """A config as a dict (a dataclass's, or the one Hydra recorded for a job) without its NON_SEMANTIC keys, nor
+    the ADDED_LATER options at their old value."""
     out = json.loads(json.dumps(config))  # a deep copy: the caller's dict stays whole
     for key in NON_SEMANTIC:
         _drop(out, key)
-    return without_added_defaults(out)
-
-
-def without_added_defaults(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`config` (the whole config, or its `prefix` part, e.g. "train") without the ADDED_LATER options at their
-    "as before" value; changed in place and returned."""
-    for key, default in ADDED_LATER.items():
-        if key.startswith(prefix):
-            _drop(config, key.removeprefix(prefix).lstrip("."), only_if=default)
-    return config
+    for key, old_value in ADDED_LATER.items():
+        _drop(out, key, only_if=old_value)
+    return out
 
 
 def _drop(config: dict[str, Any], dotted: str, only_if: Any = ...) -> None:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import Cache, digest
-from .config import Config, Effective, effective, without_added_defaults
+from .config import Config, Effective, effective, semantic
 from .data import entityquestions
 from .data.facts import EVAL_SPLITS, SPLITS, Fact, KnowledgeBase, is_correct
 from .data.sampling import balanced_subset, bucket_facts
@@ -279,7 +279,7 @@ def sft_spec(cfg: Config, eff: Effective, mastery: Mastery, kl_ref: KLReference)
     (`KLReference.spec`, nothing without a curve). The rest of `kl` and `eval` is not in it: the final KL and the
     evaluation are recomputed from the cached weights, so sweeping them retrains nothing."""
     return {"probe": mastery.spec, "bucket": cfg.mastery.bucket, "size": cfg.data.size, "data_seed": cfg.data.seed,
-            "train": without_added_defaults(asdict(cfg.train), "train"), "lr": eff.lr, "micro_batch_size": eff.micro_batch_size, "seed": cfg.seed,
+            "train": semantic(cfg)["train"], "lr": eff.lr, "micro_batch_size": eff.micro_batch_size, "seed": cfg.seed,
             "kl_curve": kl_ref.spec()}
 
 

@@ -148,3 +148,5 @@ def test_an_option_added_later_leaves_keys_unchanged_at_its_old_value(compose):
     off, on = compose("experiment=smoke"), compose("experiment=smoke", "train.group_by_length=true")
     assert "group_by_length" not in semantic(off)["train"] and semantic(on)["train"]["group_by_length"] is True
     assert "group_by_length" in asdict(off.train) and run_key(off) != run_key(on)
+    # SFT's key takes `train` from semantic(): for a config without the option it is what it was before it existed
+    assert semantic(off)["train"] == {k: v for k, v in asdict(off.train).items() if k != "group_by_length"}
