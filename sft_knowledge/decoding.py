@@ -179,8 +179,12 @@ def answer_logprob(
     result = torch.empty(len(prompts))
     for idx in _batches([len(s) for s in seqs], batch_size):
         ids, mask, pos = _left_pad(tokenizer, [seqs[i] for i in idx], device)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float() / temperature, -1)
-        token_logp = logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # log p of each next token
-        for row, i in enumerate(idx):
-            result[i] = token_logp[row, -n_answer[i] :].sum().cpu()
+        # Left padding puts every answer in the last `keep` positions: logits of the prompt are never computed
+        # (the output layer and softmax over the vocabulary are most of a small model's probe time).
+        keep = max(n_answer[i] for i in idx)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep + 1).logits[:, :-1]
+        logp = torch.log_softmax(logits.float() / temperature, -1)
+        token_logp = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1)  # log p of each next token
+        is_answer = torch.arange(keep, device=device) >= keep - torch.tensor([n_answer[i] for i in idx], device=device)[:, None]
+        result[idx] = (token_logp * is_answer).sum(-1).cpu()
     return result
