@@ -186,5 +186,5 @@ def answer_logprob(
         logp = torch.log_softmax(logits.float() / temperature, -1)
         token_logp = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1)  # log p of each next token
         is_answer = torch.arange(keep, device=device) >= keep - torch.tensor([n_answer[i] for i in idx], device=device)[:, None]
-        result[idx] = (token_logp * is_answer).sum(-1).cpu()
+        result[idx] = token_logp.where(is_answer, 0.0).sum(-1).cpu()  # where, not *: a -inf prompt token stays out
     return result

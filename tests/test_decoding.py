@@ -61,13 +61,15 @@ def test_answer_logprob_matches_manual_teacher_forcing(lm):
     # Answers of different token lengths in one batch: each is summed over its own tokens only.
     answers = ["City3", "Town2 of the northern hills", "x"]
     got = answer_logprob(model, tok, PROMPTS[:3], answers, temperature=temp)
+    n_answer = []
     for i, (prompt, answer) in enumerate(zip(PROMPTS[:3], answers)):
         # The answer's tokens are those that follow the prompt's in the whole text.
         n_prompt, full = len(encode_prompts(tok, [prompt])[0]), encode_prompts(tok, [f"{prompt} {answer}"])[0]
-        assert len(full) - n_prompt >= 1
+        n_answer.append(len(full) - n_prompt)
         logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0] / temp, -1)
         expected = sum(logp[j - 1, full[j]] for j in range(n_prompt, len(full)))
         torch.testing.assert_close(got[i], expected, atol=1e-4, rtol=1e-4)
+    assert len(set(n_answer)) == 3 and min(n_answer) >= 1  # the batch really mixes answer lengths
 
 
 def test_prompt_format_is_the_papers():
