@@ -45,6 +45,10 @@ install_packages() {
         || die "apt-get failed, see /tmp/local_slurm_apt.log"
 }
 
+# The machine's cores: nproc alone reports OMP_NUM_THREADS when it is set (1 on shared cores), and a node of 1 + 1
+# CPUs runs an array one task at a time.
+cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
+
 write_configs() {
     for f in $CONF $DBD_CONF; do
         [[ ! -f $f ]] || head -1 "$f" | grep -qF "$MARK" || die "$f exists and was not written by this script; not touching it"
@@ -78,7 +82,7 @@ StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(( $(nproc) + 1 )) RealMemory=$mem_mb State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(( $(cores) + 1 )) RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
     cat >$DBD_CONF <<EOF

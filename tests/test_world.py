@@ -5,7 +5,8 @@ from sft_knowledge.data.facts import normalise
 from sft_knowledge.config import SyntheticWorldConfig
 from sft_knowledge.data.synthetic import build_world
 
-SMALL = SyntheticWorldConfig(n_train=500, n_test=200, n_testood=120, n_bridge_per_relation=5, pool_scale=0.3)
+SMALL = SyntheticWorldConfig(n_train=500, n_test=200, n_testood=120, n_bridge_per_relation=5, n_background_per_ood_relation=10,
+                             pool_scale=0.3)
 
 
 def test_world_is_deterministic_and_seeded():
@@ -31,6 +32,7 @@ def test_splits_sizes_domains_and_balance():
     assert not any(kb.relations[f.relation].in_domain for f in kb.splits["testood"])
     assert set(Counter(f.relation for f in kb.splits["train"]).values()) == {50}
     subjects = [f.subject for s in kb.splits.values() for f in s] + [f.subject for f in world.bridge]
+    subjects += [f.subject for f, _ in world.background]
     assert len(subjects) == len(set(subjects))  # every fact has its own subject: splits are disjoint
 
 
@@ -51,3 +53,17 @@ def test_corpus_states_facts_by_exposure_and_asks_only_bridge_questions():
     assert not any(s in q for q in questions for s in list(split_subjects)[:50])
     assert 0.05 < sum(e == 0 for e in world.exposure["train"]) / 500 < 0.3
 
+
+
+def test_background_facts_are_out_of_domain_in_no_split_and_stated_like_split_facts():
+    world = build_world(SMALL)
+    docs = world.corpus(0, SMALL)
+    relations = Counter(f.relation for f, _ in world.background)
+    assert len(relations) == 6 and set(relations.values()) == {SMALL.n_background_per_ood_relation}
+    assert not any(world.kb.relations[r].in_domain for r in relations)
+    exposures = [e for _, e in world.background]
+    assert min(exposures) == 0 and max(exposures) <= SMALL.exposure_max
+    assert all(e >= SMALL.exposure_min for e in exposures if e)  # the split facts' distribution, not the bridge's
+    fact, exposure = max(world.background, key=lambda x: x[1])
+    assert sum(fact.subject.lower() in d.lower() for d in docs) == exposure
+    assert not any(fact.subject in d for d in docs if d.startswith("Question:"))

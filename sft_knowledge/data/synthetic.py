@@ -8,7 +8,9 @@ masters facts to every degree, as a real model does.
 
 Statements alone leave knowledge unextractable by questions (Allen-Zhu & Li, "Physics of LMs 3.1";
 measured here, ../shared/reference/synthetic-world.md): the corpus therefore also holds
-question-answer text about *bridge* facts that belong to no split.
+question-answer text about *bridge* facts that belong to no split. Each out-of-domain relation also has
+*background* facts in no split, stated like split facts: the model recalls a relation's answers confidently only
+when the corpus holds many memorised facts of it (docs/world.md).
 """
 from __future__ import annotations
 
@@ -154,9 +156,10 @@ class SyntheticWorld:
     kb: KnowledgeBase
     bridge: list[Fact]  # QA-visible facts outside every split
     exposure: dict[str, list[int]]  # split -> statements per fact in the corpus
+    background: list[tuple[Fact, int]]  # out-of-domain facts outside every split, with their exposure
 
     def corpus(self, seed: int, cfg: SyntheticWorldConfig) -> list[str]:
-        """One document per line: statements of split facts, statements and QA text of bridge facts."""
+        """One document per line: statements of split and background facts, statements and QA text of bridge facts."""
         rng = random.Random(seed)
         rels = self.kb.relations
 
@@ -165,6 +168,7 @@ class SyntheticWorld:
             return f"{text[0].upper()}{text[1:]} {fact.object}."
 
         docs = [state(f) for split, facts in self.kb.splits.items() for f, e in zip(facts, self.exposure[split]) for _ in range(e)]
+        docs += [state(f) for f, e in self.background for _ in range(e)]
         for f in self.bridge:
             docs += [state(f) for _ in range(cfg.bridge_statements)]
             docs += [f"Question: {f.question} Answer: {f.object}." for _ in range(cfg.bridge_questions)]
@@ -192,4 +196,5 @@ def build_world(cfg: SyntheticWorldConfig) -> SyntheticWorld:
         return round(math.exp(rng.uniform(math.log(cfg.exposure_min), math.log(cfg.exposure_max))))
 
     exposures = {split: [exposure() for _ in facts] for split, facts in splits.items()}
-    return SyntheticWorld(KnowledgeBase(rels, splits), bridge, exposures)
+    background = _facts(rng, names, pools, rels, ood_ids, cfg.n_background_per_ood_relation * len(ood_ids))
+    return SyntheticWorld(KnowledgeBase(rels, splits), bridge, exposures, [(f, exposure()) for f in background])
