@@ -21,8 +21,8 @@ from .train import cosine_lr
 
 # One separator token ends a document and begins the next (GPT-2 style), so it also serves as BOS.
 EOS, PAD = "</s>", "<pad>"
-# Pretraining throughput per CPU thread, for the time estimate printed before it starts: the default world's 12.8M
-# tokens took 916 s on the project's 2 idle cores (make bench, 2026-12-02: 14k tokens/s; 11.1k on an earlier machine).
+# Pretraining throughput per CPU thread, for the time estimate printed before it starts: 14k tokens/s on the project's
+# 2 idle cores (Intel Xeon VM, make bench, 2026-12-02; AMD EPYC VM, 2026-12-05); 11.1k on an earlier machine.
 TOKENS_PER_S_PER_THREAD = 7_000
 
 
