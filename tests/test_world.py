@@ -54,7 +54,6 @@ def test_corpus_states_facts_by_exposure_and_asks_only_bridge_questions():
     assert 0.05 < sum(e == 0 for e in world.exposure["train"]) / 500 < 0.3
 
 
-
 def test_background_facts_are_out_of_domain_in_no_split_and_stated_like_split_facts():
     world = build_world(SMALL)
     docs = world.corpus(0, SMALL)

@@ -4,7 +4,7 @@ The small world keeps what the recipe is (one epoch, the exposure distribution, 
 background facts, the model and its learning rate) and shrinks the fact counts tenfold and the batch fourfold. The
 batch shrinks because a tenth of the corpus at the default batch is only 500 optimizer steps, too few for any
 relation's recall to form (measured on a cheaper recipe: train 1,060 / 239 / 1 / 0 / 0); at a quarter of the batch it
-trains 3,100 steps (1.6M tokens, about 2.5 min on 2 cores).
+trains 3,100 steps (1.6M tokens).
 
 Measured on the AMD EPYC VM (2026-12-05), levels D-0..D-4 of 300 test and 300 test-ood facts: test 82 / 68 / 44 /
 48 / 58, test-ood 70 / 87 / 45 / 55 / 43 (D-3 + D-4: 33% of test-ood, 35% of test). The recipe before issue 16 (no
