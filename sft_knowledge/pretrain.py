@@ -21,9 +21,16 @@ from .train import cosine_lr
 
 # One separator token ends a document and begins the next (GPT-2 style), so it also serves as BOS.
 EOS, PAD = "</s>", "<pad>"
-# Pretraining throughput per CPU thread, for the time estimate printed before it starts: 14k tokens/s on the project's
-# 2 idle cores (Intel Xeon VM, make bench, 2026-12-02; AMD EPYC VM, 2026-12-05); 11.1k on an earlier machine.
-TOKENS_PER_S_PER_THREAD = 7_000
+# Pretraining throughput per CPU thread, for the time estimate printed before it starts, in parameters x tokens per
+# second: the step is matrix products (about 6 x parameters FLOPs per token), so a smaller model runs faster in
+# proportion. Measured 1.8-2.2e10 on the project's 2 idle cores for models of 0.9M to 1.6M parameters (AMD EPYC VM and
+# Intel Xeon VM, 2026-12-02 and 2026-12-05).
+PARAM_TOKENS_PER_S_PER_THREAD = 1.0e10
+
+
+def estimated_minutes(params: int, n_tokens: int, threads: int) -> float:
+    """Rough pretraining time on `threads` CPU threads, for the line printed before it starts."""
+    return params * n_tokens / (PARAM_TOKENS_PER_S_PER_THREAD * threads) / 60
 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -78,9 +85,9 @@ def pretrain(docs: list[str], cfg: PretrainConfig, out_dir: Path) -> dict:
     steps = max(1, int(cfg.epochs * len(rows) / cfg.batch_size))
     n_tokens = steps * cfg.batch_size * cfg.seq_len
     params = sum(p.numel() for p in model.parameters())
-    minutes = n_tokens / (TOKENS_PER_S_PER_THREAD * torch.get_num_threads()) / 60
+    threads = torch.get_num_threads()
     print(f"pretraining tiny_world once (then cached): {n_tokens / 1e6:.1f}M tokens, {params / 1e6:.1f}M parameters, "
-          f"{cfg.epochs:g} epoch(s); about {minutes:.0f} min on {torch.get_num_threads()} CPU thread(s)", flush=True)
+          f"{cfg.epochs:g} epoch(s); about {estimated_minutes(params, n_tokens, threads):.0f} min on {threads} CPU thread(s)", flush=True)
     order = random.Random(cfg.seed)
     perm: list[int] = []
     model.train()

@@ -33,6 +33,7 @@ def test_the_report_reads_the_make_run_benchmark_format(tmp_path):
     subprocess.run([sys.executable, str(BENCH / "report.py")], env=bench_env(tmp_path), check=True, capture_output=True)
     table = (tmp_path / "results" / "README.md").read_text()
     assert "| make_run | make run, cold |" in table and "(budget)" in table
+    assert "`make run`'s world (cold run above), level counts D-0..D-4: train " in table  # and test, testood
     assert (ROOT / "README.md").read_text() == readme  # a test's results never reach the project's README
 
 
