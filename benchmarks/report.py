@@ -75,7 +75,9 @@ def world(results: dict[str, dict]) -> list[str]:
     w = results.get("make_run", {}).get("world")
     if not w:
         return []
-    fmt = lambda counts: " / ".join(f"{n:,}" for n in counts)  # noqa: E731
+    def fmt(counts: list[int]) -> str:
+        return " / ".join(f"{n:,}" for n in counts)
+
     gains = ", ".join(f"{cell} {v['unrestored']} -> {v['best_of_10_20']}" for cell, v in sorted(w["restoring_10_20_pct_at_1920"].items()))
     return ["", f"`make run`'s world (cold run above), level counts D-0..D-4: "
             + "; ".join(f"{split} {fmt(counts)}" for split, counts in w["level_counts"].items()) + ". "
