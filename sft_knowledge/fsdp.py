@@ -86,8 +86,7 @@ def _worker(rank: int, world: int, init_method: str, job: SFTJob, base: str, dty
             model.config.dtype = DTYPES[dtype]  # save_pretrained wrote the masters' float32 into config.json
             model.config.save_pretrained(out_dir)
             (out_dir / "train_log.json").write_text(json.dumps(asdict(log)))
-        # The ranks leave together: one tearing gloo down while rank 0 still saves aborted it once (SIGABRT, CI).
-        dist.barrier()
+        dist.barrier()  # the ranks leave together, once rank 0 has saved
     finally:
         dist.destroy_process_group()
     # Leave without Python's finalization: a C++ thread torn down there aborted a worker that had finished and saved
