@@ -70,17 +70,18 @@ def projection(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def levels(counts: list[int]) -> str:
+    return " / ".join(f"{n:,}" for n in counts)
+
+
 def world(results: dict[str, dict]) -> list[str]:
     """bench_make_run.py's check of the embedded world: its level counts and the paper's effects the grid shows."""
     w = results.get("make_run", {}).get("world")
     if not w:
         return []
-    def fmt(counts: list[int]) -> str:
-        return " / ".join(f"{n:,}" for n in counts)
-
     gains = ", ".join(f"{cell} {v['unrestored']} -> {v['best_of_10_20']}" for cell, v in sorted(w["restoring_10_20_pct_at_1920"].items()))
     return ["", f"`make run`'s world (cold run above), level counts D-0..D-4: "
-            + "; ".join(f"{split} {fmt(counts)}" for split, counts in w["level_counts"].items()) + ". "
+            + "; ".join(f"{split} {levels(counts)}" for split, counts in w["level_counts"].items()) + ". "
             f"D-0 training worst at every size: {'yes' if w['d0_worst_at_every_size'] else 'no'}; "
             f"SFT on 240 D-4 facts answers {w['d4_240_acc_on_d_test_4']}% of D_test-4; "
             f"Acc_test of the 1,920-fact models unrestored -> best of 10% and 20% restored: {gains}."]

@@ -90,7 +90,7 @@ def _worker(rank: int, world: int, init_method: str, job: SFTJob, base: str, dty
     finally:
         dist.destroy_process_group()
     # Leave without Python's finalization: a C++ thread torn down there aborted a worker that had finished and saved
-    # (std::terminate, about 1 resumed run in 10 here and on CI), which failed the cell.
+    # (std::terminate, in 2 of 17 resumed runs of the signalled test here, once on CI), which failed the cell.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

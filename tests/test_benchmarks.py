@@ -28,12 +28,17 @@ def test_the_makefile_runs_every_benchmark_and_the_report():
 
 def test_the_report_reads_the_make_run_benchmark_format(tmp_path):
     (tmp_path / "results").mkdir()
-    shutil.copy(BENCH / "results" / "make_run.json", tmp_path / "results" / "make_run.json")
+    bench = json.loads((BENCH / "results" / "make_run.json").read_text())
+    bench["world"]["level_counts"] = {"train": [2000, 1921, 1920, 3000, 12345], "test": [75, 1, 0, 9, 10]}
+    bench["world"]["restoring_10_20_pct_at_1920"] = {"d4/1920": {"unrestored": 22.4, "best_of_10_20": 30.2}}
+    (tmp_path / "results" / "make_run.json").write_text(json.dumps(bench))
     readme = (ROOT / "README.md").read_text()
     subprocess.run([sys.executable, str(BENCH / "report.py")], env=bench_env(tmp_path), check=True, capture_output=True)
     table = (tmp_path / "results" / "README.md").read_text()
     assert "| make_run | make run, cold |" in table and "(budget)" in table
-    assert "`make run`'s world (cold run above), level counts D-0..D-4: train " in table  # and test, testood
+    assert ("`make run`'s world (cold run above), level counts D-0..D-4: train 2,000 / 1,921 / 1,920 / 3,000 / 12,345; "
+            "test 75 / 1 / 0 / 9 / 10. D-0 training worst at every size: ") in table
+    assert "restored: d4/1920 22.4 -> 30.2." in table
     assert (ROOT / "README.md").read_text() == readme  # a test's results never reach the project's README
 
 
