@@ -55,6 +55,23 @@ def _pack(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n_rows * seq_len]).view(n_rows, seq_len)
 
 
+def optimizers(model, cfg: PretrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW, or Muon for the decoder layers' matrices and AdamW for the rest (embeddings, head and norms, which Muon's
+    orthogonalised steps do not suit). Muon learns rarely seen associations, the world's facts, from fewer exposures
+    (Wang et al. 2025, "Muon Outperforms Adam in Tail-End Associative Memory Learning"; docs/world.md)."""
+    muon = [p for n, p in model.named_parameters() if cfg.optimizer == "muon" and p.ndim == 2 and ".layers." in n]
+    taken = {id(p) for p in muon}
+    decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in taken]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opts = [torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )]
+    if muon:  # Moonshot's lr scaling gives Muon's steps AdamW's RMS, so both take cfg.lr
+        opts.append(torch.optim.Muon(muon, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
+    return opts
+
+
 def pretrain(docs: list[str], cfg: PretrainConfig, out_dir: Path) -> dict:
     """Train tokenizer and model on `docs`; save both to `out_dir`; return training stats."""
     torch.manual_seed(cfg.seed)
@@ -76,12 +93,7 @@ def pretrain(docs: list[str], cfg: PretrainConfig, out_dir: Path) -> dict:
             tie_word_embeddings=False,
         )
     )
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
-    )
+    opts = optimizers(model, cfg)
     steps = max(1, int(cfg.epochs * len(rows) / cfg.batch_size))
     n_tokens = steps * cfg.batch_size * cfg.seq_len
     params = sum(p.numel() for p in model.parameters())
@@ -99,13 +111,15 @@ def pretrain(docs: list[str], cfg: PretrainConfig, out_dir: Path) -> dict:
             perm += fresh
         batch = rows[perm[: cfg.batch_size]]
         del perm[: cfg.batch_size]
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps, ramp_over_decay=True)
+        lr = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps, ramp_over_decay=True)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -6,7 +6,10 @@ import torch
 from sft_knowledge.data.facts import normalise
 from sft_knowledge.config import PretrainConfig, SyntheticWorldConfig
 from sft_knowledge.data.synthetic import build_world
-from sft_knowledge.pretrain import estimated_minutes, pretrain
+import pytest
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sft_knowledge.pretrain import estimated_minutes, optimizers, pretrain
 
 SMALL = SyntheticWorldConfig(n_train=500, n_test=200, n_testood=120, n_bridge_per_relation=5, n_background_per_ood_relation=10,
                              pool_scale=0.3)
@@ -84,3 +87,22 @@ def test_pretraining_says_what_it_will_do_before_it_starts(tmp_path, capsys):
     # (14.57M tokens) at 2 threads: `make run`'s base-model stage took 1,170 s, tokenizer and packing included (AMD EPYC
     # VM, 2026-12-05).
     assert abs(estimated_minutes(1_580_000, 14_567_424, 2) * 60 - 1170) < 0.2 * 1170
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_pretraining_optimizers_cover_every_parameter_once(optimizer):
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    opts = optimizers(model, PretrainConfig(optimizer=optimizer))
+    by_name = {id(p): n for n, p in model.named_parameters()}
+    groups = {type(o).__name__: [by_name[id(p)] for g in o.param_groups for p in g["params"]] for o in opts}
+    assert sorted(n for names in groups.values() for n in names) == sorted(by_name.values())
+    # Muon: the 7 matrices (q, k, v, o, gate, up, down) of each of the 2 decoder layers; AdamW the embeddings, the head
+    # and the norms, with weight decay on the two matrices only.
+    muon = groups.get("Muon", [])
+    assert len(muon) == (14 if optimizer == "muon" else 0)
+    assert all(".layers." in n and n.endswith("proj.weight") for n in muon)
+    adamw = next(o for o in opts if isinstance(o, torch.optim.AdamW))
+    decayed = {by_name[id(p)] for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {n for n in by_name.values() if n.endswith("proj.weight") and optimizer == "adamw"} | {
+        "model.embed_tokens.weight", "lm_head.weight"}
