@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cache import Cache
 from .errors import ModelError
-from .config import PretrainConfig, SyntheticWorldConfig, check_model_dir
+from .config import PretrainConfig, SyntheticWorldConfig, check_model_dir, semantic_part
 from .data.synthetic import SyntheticWorld
 from .pretrain import pretrain
 
@@ -38,7 +38,9 @@ def load(path: str | Path, dtype: str = "float32", spread: bool = False):
 
 
 def tiny_world_spec(pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig) -> dict:
-    return {"source": "tiny_world", "pretrain": asdict(pretrain_cfg), "world": asdict(world_cfg)}
+    # Pretraining options added later leave the base model's cache key as it was at their old value (config.ADDED_LATER)
+    pretrain = semantic_part({"model": {"pretrain": asdict(pretrain_cfg)}})["model"]["pretrain"]
+    return {"source": "tiny_world", "pretrain": pretrain, "world": asdict(world_cfg)}
 
 
 def build_tiny_world(cache: Cache, world: SyntheticWorld, pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig) -> tuple[Path, bool]:

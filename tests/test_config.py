@@ -57,7 +57,7 @@ def test_mastery_option_selects_bucket(compose):
         ("train=lora train.strategy=fsdp", "train.strategy='fsdp' is not allowed: expected single with train.method=lora"),
         ("train=fsdp train.fsdp_processes=0", "train.fsdp_processes=0 is not allowed: expected a positive integer or null"),
         ("model.dtype=int4", "model.dtype='int4' is not allowed: expected float32, bfloat16, float16"),
-        ("model.pretrain.optimizer=sgd", "model.pretrain.optimizer='sgd' is not allowed: expected muon, adamw"),
+        ("model.pretrain.optimizer=sgd", "model.pretrain.optimizer='sgd' is not allowed: expected adamw, muon"),
         ("data=entityquestions data.subset.candidates=0", "data.subset.candidates=0 is not allowed"),
     ],
 )

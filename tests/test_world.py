@@ -106,3 +106,14 @@ def test_pretraining_optimizers_cover_every_parameter_once(optimizer):
     decayed = {by_name[id(p)] for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {n for n in by_name.values() if n.endswith("proj.weight") and optimizer == "adamw"} | {
         "model.embed_tokens.weight", "lm_head.weight"}
+
+
+def test_the_optimizer_option_keeps_the_base_models_cache_key_of_an_adamw_world():
+    from dataclasses import asdict
+    from sft_knowledge.models import tiny_world_spec
+
+    world = SyntheticWorldConfig()
+    adamw, muon = tiny_world_spec(PretrainConfig(), world), tiny_world_spec(PretrainConfig(optimizer="muon"), world)
+    # The key of a model pretrained before the option existed: every other field, as before.
+    assert adamw["pretrain"] == {k: v for k, v in asdict(PretrainConfig()).items() if k != "optimizer"}
+    assert muon["pretrain"]["optimizer"] == "muon"
