@@ -1,14 +1,15 @@
 """The synthetic world: deterministic, EntityQuestions-shaped, and gradable without false matches."""
 from collections import Counter
+from dataclasses import asdict
 
+import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge.data.facts import normalise
 from sft_knowledge.config import PretrainConfig, SyntheticWorldConfig
 from sft_knowledge.data.synthetic import build_world
-import pytest
-from transformers import LlamaConfig, LlamaForCausalLM
-
+from sft_knowledge.models import tiny_world_spec
 from sft_knowledge.pretrain import estimated_minutes, optimizers, pretrain
 
 SMALL = SyntheticWorldConfig(n_train=500, n_test=200, n_testood=120, n_bridge_per_relation=5, n_background_per_ood_relation=10,
@@ -97,8 +98,8 @@ def test_pretraining_optimizers_cover_every_parameter_once(optimizer):
     by_name = {id(p): n for n, p in model.named_parameters()}
     groups = {type(o).__name__: [by_name[id(p)] for g in o.param_groups for p in g["params"]] for o in opts}
     assert sorted(n for names in groups.values() for n in names) == sorted(by_name.values())
-    # Muon: the 7 matrices (q, k, v, o, gate, up, down) of each of the 2 decoder layers; AdamW the embeddings, the head
-    # and the norms, with weight decay on the two matrices only.
+    # Muon: the 7 matrices (q, k, v, o, gate, up, down) of each of the 2 decoder layers; AdamW the rest. AdamW decays
+    # every matrix it steps (with Muon: the embeddings and the head only), never a norm.
     muon = groups.get("Muon", [])
     assert len(muon) == (14 if optimizer == "muon" else 0)
     assert all(".layers." in n and n.endswith("proj.weight") for n in muon)
@@ -109,9 +110,6 @@ def test_pretraining_optimizers_cover_every_parameter_once(optimizer):
 
 
 def test_the_optimizer_option_keeps_the_base_models_cache_key_of_an_adamw_world():
-    from dataclasses import asdict
-    from sft_knowledge.models import tiny_world_spec
-
     world = SyntheticWorldConfig()
     adamw, muon = tiny_world_spec(PretrainConfig(), world), tiny_world_spec(PretrainConfig(optimizer="muon"), world)
     # The key of a model pretrained before the option existed: every other field, as before.
