@@ -59,7 +59,7 @@ def optimizers(model, cfg: PretrainConfig) -> list[torch.optim.Optimizer]:
     """AdamW (the default), or Muon for the decoder layers' matrices and AdamW for the rest (embeddings, head and norms,
     which Muon's orthogonalised steps do not suit). Muon masters the world's facts from fewer exposures (Wang et al.
     2025, "Muon Outperforms Adam in Tail-End Associative Memory Learning"), but SFT drew less of them out (docs/world.md)."""
-    muon = [p for n, p in model.named_parameters() if cfg.optimizer == "muon" and p.ndim == 2 and ".layers." in n]
+    muon = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in n] if cfg.optimizer == "muon" else []
     taken = {id(p) for p in muon}
     decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in taken]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
