@@ -292,14 +292,33 @@ print(json.dumps(out))
 
 
 def _as_another_user(root: Path) -> list[str]:
-    """chmod -R a-w, read by a user it binds: nobody when the tests run as root (root ignores file modes)."""
+    """chmod -R a-w, read by a user it binds: nobody when the tests run as root (root ignores file modes).
+
+    Nobody may not be able to enter the checkout (a clone in a 0700 directory, as `mktemp -d` makes) or its
+    .venv, so it runs cache.py copied beside the cache, on a Python it can execute: cache.py needs only the
+    standard library."""
     for p in [root, *root.rglob("*")]:
         p.chmod(p.stat().st_mode & ~0o222)
     if os.geteuid() != 0:
         return [sys.executable]
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: cannot read as another user")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    lib = root.parent / "lib" / "sft_knowledge"
+    lib.mkdir(parents=True)
+    for name in ("__init__.py", "cache.py"):
+        shutil.copy(ROOT / "sft_knowledge" / name, lib / name)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i", f"PATH={os.defpath}",
+              f"PYTHONPATH={lib.parent}", "PYTHONDONTWRITEBYTECODE=1"]
+    tried = []
+    for python in dict.fromkeys([os.path.realpath(sys._base_executable), "/usr/bin/python3", shutil.which("python3")]):
+        if python is None:
+            continue
+        proc = subprocess.run([*nobody, python, "-c", "import sft_knowledge.cache"], capture_output=True, text=True,
+                              cwd=root.parent, timeout=60)
+        if proc.returncode == 0:
+            return [*nobody, python]
+        tried.append(f"{python}: {(proc.stderr.strip().splitlines() or ['exit ' + str(proc.returncode)])[-1]}")
+    pytest.skip(f"no Python that uid 65534 can run with {lib.parent} on its path ({'; '.join(tried)})")
 
 
 def _read_only_mount(root: Path) -> list[str]:
@@ -320,8 +339,8 @@ def test_a_complete_read_only_cache_is_usable(read_only, reason):
         root = Path(scratch) / "cache"
         path, _ = Cache(root).get_or_build("sft", {"a": 1}, _writer([]))
         prefix = read_only(root)
-        proc = subprocess.run([*prefix, "-c", _READER, str(root)], capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=300)
+        proc = subprocess.run([*prefix, "-c", _READER, str(root)], capture_output=True, text=True, cwd=scratch,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}, timeout=300)
         assert proc.returncode == 0, proc.stderr
         found, missing = json.loads(proc.stdout)
         assert found == [str(path), True, 100]  # a hit: no lock file opened, nothing written
