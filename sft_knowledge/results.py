@@ -144,6 +144,7 @@ class RunResult:
     cache_hits: dict[str, bool]
     timings: dict[str, float]  # seconds per stage
     prescreen_counts: dict[str, list[int]] | None = None  # a pre-screened subset's likelihood levels (data.subset)
+    base_model: str | None = None  # where tiny_world's model came from: shipped, or pretrained here (and how long)
     overrides: list[str] = field(default_factory=list)  # the command line's overrides
     provenance: dict[str, Any] = field(default_factory=dict)  # code version, packages, machine
 
@@ -159,7 +160,7 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         kl = asdict(self.kl) if self.kl is not None else {"missing": self.kl_missing}
-        head = {k: getattr(self, k) for k in ("run_key", "config", "overrides", "provenance", "level_counts",
+        head = {k: getattr(self, k) for k in ("run_key", "config", "overrides", "provenance", "base_model", "level_counts",
                                                "prescreen_counts", "n_train_facts")}
         return head | _acc_to_json(self.acc) | {
             "acc_train": self.acc_train, "kl_level": self.kl_level, "kl": kl, "kl_filter": self.kl_filter,

@@ -30,6 +30,8 @@ def run_summary(r: RunResult) -> str:
     config = r.config
     lines = [f"run {r.run_key}  (model={config['model']['name']}, bucket={config['mastery']['bucket']}, "
              f"size={config['data']['size']}, {r.n_train_facts} SFT facts)"]
+    if r.base_model:
+        lines.append(f"  base model: {r.base_model}")
     lines += _level_counts(r.level_counts)
     if r.prescreen_counts:
         lines.append("  (probed a pre-screened subset; likelihood levels of the candidates: "
@@ -61,7 +63,8 @@ def _level_counts(level_counts: dict[str, list[int]]) -> list[str]:
 
 def _world_lines(done: list[RunResult]) -> list[str]:
     """Level counts of the probed base model, and whether its knowledge is extractable by questions."""
-    lines = ["base model:"] + _level_counts(done[0].level_counts)
+    origin = f" {done[0].base_model}" if done[0].base_model else ""
+    lines = [f"base model:{origin}"] + _level_counts(done[0].level_counts)
     for r in done:
         if r.config["mastery"]["bucket"] == "d4" and r.config["data"]["size"] == 240:
             acc4 = r.accuracy("test", 4)
