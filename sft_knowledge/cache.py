@@ -15,8 +15,9 @@ file system works). Each process verifies an entry the first time it reads it, t
   files over that are checked by size only, for entries too big to hash on every start (a 70B model).
   Entries without hashes are accepted on their sizes.
 
-Building: a file lock (flock, which also holds across the nodes of an NFS file system) makes concurrent
-builders of one entry, such as the cells of a job array, wait for the first; a builder killed mid-way
+Building: a file lock (a POSIX lock, which holds across the nodes of NFS, GPFS, Lustre -o flock and BeeGFS with global
+locks; see Locks below) makes concurrent builders of one entry, such as the cells of a job array, wait for the first;
+where locks would not hold across nodes, a run stops before any stage (check_locks); a builder killed mid-way
 (a requeued job) releases it, its successor removes the dead builder's `.tmp-*` directory and can resume
 from `work_dir`. A full disk is one line naming the path and the space used. `write_atomic` is the one
 writer of result files (results.json, run.json): a temporary file, fsync, rename; nothing left on failure.
@@ -28,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -198,25 +200,142 @@ def publish_dir(dest: Path, build: Callable[[Path], None], full_disk: Callable[[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Locks. The cache's builders and the per-run lock take a POSIX record lock (fcntl.lockf), not flock: on GPFS (IBM
+# Storage Scale) flock holds on one node only while POSIX locks hold across the cluster, and on NFS, Lustre, BeeGFS and
+# local disks POSIX locks hold wherever flock does (docs/guarantees.md#file-systems-and-locks: the table and sources).
+# POSIX locks belong to the process and any close of the file releases them, so a process must never open a lock file
+# it already holds: FileLock refuses that (`_held`), and nothing else opens lock files. Where locks hold on one node
+# only (a mount option), or not at all, the run stops before any stage with one line naming the mount option.
+MOUNTINFO = Path("/proc/self/mountinfo")
+NODE_LOCAL_ENV = "SFT_KNOWLEDGE_NODE_LOCAL_LOCKS"  # =1: accept locks that hold on this node only (single-node use)
+BEEGFS_CONFIG = "/etc/beegfs/beegfs-client.conf"  # the client's config when its mount names none (cfgFile=)
+_NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)  # the file system refuses locks, or its lock service failed
+_held: set[str] = set()  # the lock files this process holds
+
+
+def _mount(path: str | Path) -> tuple[str, str, list[str]] | None:
+    """(mount point, file system type, its options) of the mount holding `path`, from /proc/self/mountinfo: the
+    longest mount point above it, the later line on a tie (mounted over the earlier). None where mountinfo is missing."""
+    try:
+        lines = MOUNTINFO.read_text().splitlines()
+    except OSError:
+        return None
+    path, found = os.path.realpath(path), None
+    for line in lines:  # "36 35 98:0 /root /mount/point rw,noatime master:1 - fstype source super,options"
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        fstype, *rest = fields[fields.index("-", 6) + 1:]
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and (found is None or len(point) >= len(found[0])):
+            found = (point, fstype, rest[-1].split(",") if len(rest) > 1 else [])
+    return found
+
+
+def _beegfs_global_locks(options: list[str]) -> tuple[bool, str]:
+    """Whether the BeeGFS client config named by the mount (cfgFile=) sets tuneUseGlobalFileLocks, and that file.
+    The setting is not a mount option, so the file is read; one that cannot be read counts as the default, false."""
+    config, enabled = next((o.split("=", 1)[1] for o in options if o.startswith("cfgFile=")), BEEGFS_CONFIG), False
+    try:
+        lines = Path(config).read_text().splitlines()
+    except OSError:
+        return False, config
+    for line in lines:  # "tuneUseGlobalFileLocks = true  # a comment"
+        key, _, value = line.split("#")[0].partition("=")
+        if key.strip() == "tuneUseGlobalFileLocks":
+            enabled = value.strip().lower() in ("true", "yes", "1")
+    return enabled, config
+
+
+def lock_trouble(path: str | Path) -> tuple[str, bool] | None:
+    """Why a lock on a file in `path` would not hold across nodes, from its mount: (the clause saying which file
+    system, how it is mounted and what to change, whether the locks still hold on this node), or None where they hold
+    (local disks, NFS with its lock service, Lustre -o flock, GPFS, BeeGFS with global locks, and file systems not
+    known here, which are taken at their word)."""
+    mount = _mount(path)
+    if mount is None:
+        return None
+    point, fstype, options = mount
+    if fstype == "lustre" and "flock" not in options:
+        if "localflock" in options:
+            return f"on Lustre mounted with localflock ({point}), whose locks hold on this node only: mount it with -o flock", True
+        return f"on Lustre mounted without flock ({point}), where file locks fail: mount it with -o flock", False
+    if fstype in ("nfs", "nfs4"):
+        if "nolock" in options:
+            return f"on NFS mounted with nolock ({point}), whose locks hold on this node only: mount it without nolock", True
+        local = next((o for o in options if o in ("local_lock=posix", "local_lock=all")), None)
+        if local:
+            return f"on NFS mounted with {local} ({point}), whose locks hold on this node only: mount it with local_lock=none", True
+    if fstype == "beegfs":
+        global_locks, config = _beegfs_global_locks(options)
+        if not global_locks:
+            return (f"on BeeGFS ({point}) without tuneUseGlobalFileLocks = true in {config}, whose locks hold on this node "
+                    f"only: set it there and remount"), True
+    return None
+
+
+def check_locks(dirs: dict[str, str]) -> None:
+    """Before any stage: raise a one-line CacheError if a lock in one of `dirs` (config key -> directory) would not
+    hold across nodes, unless it holds on this node and $SFT_KNOWLEDGE_NODE_LOCAL_LOCKS=1 accepts that. A directory
+    this process cannot write is only read, and reading takes no lock (a complete read-only cache)."""
+    node_local_ok = os.environ.get(NODE_LOCAL_ENV, "0")
+    if node_local_ok not in ("0", "1"):
+        raise CacheError(f"${NODE_LOCAL_ENV}={node_local_ok!r}: expected 0 or 1")
+    for key, directory in dirs.items():
+        existing = Path(directory).absolute()
+        while not existing.exists():
+            existing = existing.parent
+        trouble = lock_trouble(existing)
+        if trouble is None or not os.access(existing, os.W_OK) or (trouble[1] and node_local_ok == "1"):
+            continue
+        clause, node_local = trouble
+        raise CacheError(f"{key}={directory} is {clause}" + (f", or set {NODE_LOCAL_ENV}=1 if every run that shares it "
+                                                             f"runs on this node" if node_local else ""))
+
+
 class FileLock:
-    """An exclusive flock on `path`, held inside `with`: it holds across processes and the nodes of an NFS file
-    system, and the kernel releases it when its process dies, however it dies. Opening the file happens at
-    construction, so an unwritable directory fails before anything waits. `waiting`, if given, is printed when
-    another process holds the lock."""
+    """An exclusive POSIX lock on `path` (see Locks above), held inside `with`: it holds across processes and, where
+    check_locks passes, across nodes, and the kernel releases it when its process dies, however it dies. Opening the
+    file happens at construction, so an unwritable directory fails before anything waits. `waiting`, if given, is
+    printed when another process holds the lock. A file system that refuses locks is a one-line CacheError."""
 
     def __init__(self, path: Path, waiting: str | None = None):
-        self.file, self.waiting = open(path, "a"), waiting
+        self.path, self.key, self.waiting = path, os.path.realpath(path), waiting
+        if self.key in _held:  # opening it again and closing would release the lock this process holds
+            raise RuntimeError(f"{path} is already locked by this process")
+        self.file = open(path, "a")
+
+    def _lock(self, how: int) -> None:
+        try:
+            fcntl.lockf(self.file, how)
+        except OSError as err:
+            if err.errno not in _NO_LOCKS:
+                raise
+            self.file.close()
+            trouble, mount = lock_trouble(self.path.parent), _mount(self.path.parent)
+            if trouble is not None:
+                why = trouble[0]
+            elif mount is not None and mount[1] in ("nfs", "nfs4"):
+                why = f"on NFS ({mount[0]}), whose lock service did not grant it: NFSv3 needs rpc.statd on this node and lockd on the server"
+            else:
+                where = f"{mount[1]} ({mount[0]})" if mount else "a file system"
+                why = f"on {where}, which does not support file locks: point paths.output_dir and paths.cache_dir at one that does"
+            raise CacheError(f"cannot lock {self.path} ({err.strerror}): it is {why}") from None
 
     def __enter__(self) -> FileLock:
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):  # another process holds it (which errno is the platform's)
+                raise
             if self.waiting:
                 print(self.waiting, flush=True)
-            fcntl.flock(self.file, fcntl.LOCK_EX)
+            self._lock(fcntl.LOCK_EX)
+        _held.add(self.key)
         return self
 
     def __exit__(self, *exc) -> None:
+        _held.discard(self.key)
         self.file.close()
 
 

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .cache import Cache, CacheError, FileLock, write_atomic
+from .cache import Cache, CacheError, FileLock, check_locks, write_atomic
 from .config import Config, register, run_key, semantic, validate
 from .errors import ConfigError, DataError, Interrupted
 from .export import export_path
@@ -52,6 +52,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
     # A finished result is immutable: reading it takes no lock, so a read-only output directory still answers.
     if results_path.exists():
         return _already_done(key, results_path, job, cfg.restore.export)
+    check_locks({"paths.runs_dir": cfg.paths.runs_dir, "paths.cache_dir": cfg.paths.cache_dir})  # before any stage
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
