@@ -7,13 +7,14 @@ key. The sweep is expanded the way Hydra's basic sweeper expands it (the cartesi
 values; a key given twice keeps its first place and its last value), so `status` lists a sweep's
 planned cells with the same function. Hydra's flags are read with Hydra's own parser: a combination it would
 answer with a traceback (`-m --cfg job`) is one line here, and what `--cfg`, `--info` or `--help` shows is
-checked as the one config it is.
+checked as the one config it is. A sweep on SLURM also checks that SLURM is there (slurm_check.py).
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import itertools
+import sys
 import tempfile
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from .config import Config, ConfigError, register, validate
+from .slurm_check import check_slurm
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -58,8 +60,9 @@ def axis_cells(overrides: list[str]) -> list[list[str]]:
 
 
 def check_command_line(argv: list[str]) -> None:
-    """Raise ConfigError (one line) unless every cell that `python -m sft_knowledge.run <argv>` runs is a valid config.
-    A command that only shows (--cfg, --info, --help) is checked as one config, and nothing is written for it."""
+    """Raise ConfigError (one line) unless every cell that `python -m sft_knowledge.run <argv>` runs is a valid config,
+    and, for a sweep on SLURM, SLURM is there. A command that only shows (--cfg, --info, --help) is checked as one
+    config, and nothing is written or asked of SLURM for it."""
     if "--version" in argv:
         return  # argparse would print Hydra's version and exit here
     args = _hydra_args(argv)
@@ -99,9 +102,14 @@ def check_command_line(argv: list[str]) -> None:
             cfg: Config = OmegaConf.to_object(dcfg)
             validate(cfg)
             output_dirs.add(Path(cfg.paths.output_dir))
+        # submitit's SLURM launcher, picked as hydra/launcher=slurm (launchers/hydra/launcher/) or submitit_slurm
+        slurm = multirun and str(hydra_cfg.launcher.get("_target_", "")).endswith(".SlurmLauncher")
+        partition = hydra_cfg.launcher.get("partition") if slurm else None
     GlobalHydra.instance().clear()
     if shows:
         return
+    if slurm:
+        check_slurm(partition)
     for output_dir in sorted(output_dirs):  # only once every cell is valid: a bad command leaves nothing behind
         _check_writable(output_dir)
 
@@ -220,3 +228,10 @@ def _composition_message(err: Exception, overrides: list[str]) -> str:
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+if __name__ == "__main__":  # launchers/sweep.sh checks a sweep here, where its user sees the answer, before submitting it
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
