@@ -15,6 +15,9 @@ PYTHON=${PYTHON:-$(pwd)/.venv/bin/python}
 LOGS=${SWEEP_LOG_DIR:-outputs/sweeps}
 [[ -x $PYTHON ]] || { echo "sweep.sh: no python at $PYTHON (make install, or set PYTHON)" >&2; exit 1; }
 [[ $* == *hydra/launcher=* ]] || set -- hydra/launcher=slurm "$@"
+# The command line and SLURM itself (commands, controller, partition) are checked here, where the error reaches its
+# user as one line, not in the driver's log after its job has waited in the queue.
+"$PYTHON" -m sft_knowledge.overrides -m "$@"
 mkdir -p "$LOGS"
 # shellcheck disable=SC2086 # SWEEP_DRIVER_SBATCH holds several sbatch options
 job=$(sbatch --parsable --job-name=sweep-driver --cpus-per-task=1 --mem=2G --time="${SWEEP_DRIVER_TIME:-2-00:00:00}" \

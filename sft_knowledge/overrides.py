@@ -5,26 +5,31 @@ typo or a bad value costs one `error:` line and a second, not a pretraining or a
 jobs. Hydra's own messages for a bad override span 5-15 lines; here each becomes one line naming the
 key. The sweep is expanded the way Hydra's basic sweeper expands it (the cartesian product of the
 values; a key given twice keeps its first place and its last value), so `status` lists a sweep's
-planned cells with the same function.
+planned cells with the same function. Hydra's flags are read with Hydra's own parser: a combination it would
+answer with a traceback (`-m --cfg job`) is one line here, and what `--cfg`, `--info` or `--help` shows is
+checked as the one config it is. A sweep on SLURM also checks that SLURM is there (slurm_check.py).
 """
 from __future__ import annotations
 
+import argparse
 import difflib
 import itertools
+import sys
 import tempfile
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser  # the parser hydra.main reads sys.argv with (hydra-core is pinned)
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from .config import Config, ConfigError, register, validate
+from .slurm_check import check_slurm
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
@@ -55,11 +60,20 @@ def axis_cells(overrides: list[str]) -> list[list[str]]:
 
 
 def check_command_line(argv: list[str]) -> None:
-    """Raise ConfigError (one line) unless every cell that `python -m sft_knowledge.run <argv>` runs is a valid config."""
-    if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in argv):
-        return  # --help, --cfg, --config-name ...: Hydra's own business
-    overrides = [a for a in argv if not a.startswith("-")]
-    parsed = _parse(overrides)
+    """Raise ConfigError (one line) unless every cell that `python -m sft_knowledge.run <argv>` runs is a valid config,
+    and, for a sweep on SLURM, SLURM is there. A command that only shows (--cfg, --info, --help) is checked as one
+    config, and nothing is written or asked of SLURM for it."""
+    if "--version" in argv:
+        return  # argparse would print Hydra's version and exit here
+    args = _hydra_args(argv)
+    if args.config_path or args.config_name or args.config_dir or args.experimental_rerun or args.shell_completion:
+        return  # another config, a rerun or shell completion: Hydra's own business
+    shows = _shown(args)
+    parsed = _parse(args.overrides)
+    if hydra_swept := next((o for o in parsed if o.is_sweep_override() and o.is_hydra_override()), None):
+        key, value = hydra_swept.input_line.split("=", 1)
+        quoted = f" (a value holding commas is one value when quoted: {key}='{value}')" if "." in key else ""
+        raise ConfigError(f"{hydra_swept.input_line}: Hydra's own settings cannot be swept: give {key} one value{quoted}")
     check_group_options(parsed)
     register()
     GlobalHydra.instance().clear()
@@ -68,16 +82,19 @@ def check_command_line(argv: list[str]) -> None:
         first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
                  for o in parsed]
         hydra_cfg = _compose(first, with_hydra=True).hydra
-        multirun = any(a in MULTIRUN_FLAGS for a in argv) or str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+        multirun = shows is None and (args.multirun or str(hydra_cfg.mode) == "RunMode.MULTIRUN")
         if not multirun:
             swept = next((o for o in parsed if o.is_sweep_override()), None)
+            if swept is not None and shows:
+                raise ConfigError(f"{swept.input_line} gives several values, and {shows} shows one config: give "
+                                  f"{swept.get_key_element()} one value")
             if swept is not None:
                 raise ConfigError(f"{swept.input_line} gives several values: add -m to sweep them, "
                                   f"or write a list as {swept.get_key_element()}=[...]")
-            cells = [overrides]
+            cells = [args.overrides]
         else:
             params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
-            cells = axis_cells(params + overrides)
+            cells = axis_cells(params + args.overrides)
         output_dirs = set()
         for cell in cells:
             dcfg = _compose([o for o in cell if not o.lstrip("+~").startswith("hydra")], with_hydra=False)
@@ -85,9 +102,50 @@ def check_command_line(argv: list[str]) -> None:
             cfg: Config = OmegaConf.to_object(dcfg)
             validate(cfg)
             output_dirs.add(Path(cfg.paths.output_dir))
+        # submitit's SLURM launcher, picked as hydra/launcher=slurm (launchers/hydra/launcher/) or submitit_slurm
+        slurm = multirun and str(hydra_cfg.launcher.get("_target_", "")).endswith(".SlurmLauncher")
+        partition = hydra_cfg.launcher.get("partition") if slurm else None
     GlobalHydra.instance().clear()
+    if shows:
+        return
+    if slurm:
+        check_slurm(partition)
     for output_dir in sorted(output_dirs):  # only once every cell is valid: a bad command leaves nothing behind
         _check_writable(output_dir)
+
+
+def _hydra_args(argv: list[str]) -> argparse.Namespace:
+    """The command line as Hydra's own parser reads it; its complaints (usage and message) become one line."""
+    parser = get_args_parser()
+
+    def refuse(message: str) -> NoReturn:
+        if message.startswith("unrecognized"):
+            message += ": Hydra's flags (-m, --cfg, ...) go before the overrides"
+        elif message.startswith("argument --info") and "=" in message:  # `--info experiment=paper`
+            message += ": --info takes the next word as what to show: write --info all, or put --info last"
+        raise ConfigError(message)
+
+    parser.error = refuse  # type: ignore[method-assign]
+    return parser.parse_args(argv)
+
+
+def _shown(args: argparse.Namespace) -> str | None:
+    """The flag that shows something instead of running (--help, --hydra-help, --cfg, --info), or None; the
+    combinations that Hydra answers with a traceback are refused here, in Hydra's order."""
+    if args.help:
+        return "--help"  # Hydra prints the help before it looks at any other flag
+    if args.resolve and args.cfg is None:
+        raise ConfigError("--resolve only changes what --cfg (or --help) shows: add --cfg job, or drop --resolve")
+    if args.hydra_help:
+        return "--hydra-help"
+    given = [flag for flag, on in (("--run", args.run), ("-m", args.multirun), ("--cfg", args.cfg is not None),
+                                   ("--info", args.info is not None)) if on]
+    shows = next((flag for flag in given if flag in ("--cfg", "--info")), None)
+    if "-m" in given and shows:
+        raise ConfigError(f"{shows} shows one config, not a sweep: drop -m and give each key one value")
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} cannot be given together: choose one")
+    return shows
 
 
 def check_group_options(parsed) -> None:
@@ -170,3 +228,10 @@ def _composition_message(err: Exception, overrides: list[str]) -> str:
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+if __name__ == "__main__":  # launchers/sweep.sh checks a sweep here, where its user sees the answer, before submitting it
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        sys.exit(f"error: {err}")

@@ -26,7 +26,11 @@ def slurm_queue() -> dict[str, str] | None:
         return None
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %A %T"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as err:
+        said = (f"no answer within {err.timeout:g} s" if isinstance(err, subprocess.TimeoutExpired)
+                else (getattr(err, "stderr", None) or str(err)).strip().splitlines()[0])
+        print(f"note: squeue failed ({said}): states come from the cells' run.json only (a SLURM cell that was killed "
+              f"reads as running, one still queued as missing)", file=sys.stderr)
         return None
     queue = {}
     for line in out.splitlines():

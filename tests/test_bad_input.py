@@ -61,7 +61,9 @@ def test_a_config_error_is_one_line_before_any_stage(overrides, message, model_d
     from sft_knowledge import run
 
     args = overrides.format(**model_dirs).split()
-    monkeypatch.setattr(sys, "argv", ["run", "experiment=smoke", f"paths.output_dir={tmp_path / 'out'}", *args])
+    flags = [a for a in args if a.startswith("-")]  # before the overrides, where Hydra's parser wants them
+    monkeypatch.setattr(sys, "argv", ["run", *flags, "experiment=smoke", f"paths.output_dir={tmp_path / 'out'}",
+                                      *(a for a in args if a not in flags)])
     start = time.time()
     with pytest.raises(SystemExit) as stop:
         run.main()
@@ -84,6 +86,50 @@ def test_the_command_line_shows_one_error_line_and_exits_non_zero(cli, overrides
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("runs/*/results.json"))
+
+
+# Hydra's flags (the command line as given, paths.output_dir appended): what Hydra answers with a traceback, a usage
+# text or a config it never validated is one line here.
+FLAG_ERRORS = [
+    ("-m --cfg job data.size=60,240", "error: --cfg shows one config, not a sweep: drop -m and give each key one value"),
+    ("-m --info config data.size=60,240", "error: --info shows one config, not a sweep: drop -m and give each key one value"),
+    ("--cfg job data.size=60,240", "error: data.size=60,240 gives several values, and --cfg shows one config: give data.size one value"),
+    ("--cfg job data.size=-5", "error: data.size=-5 is not allowed"),
+    ("--cfg hydra data.size=-5", "error: data.size=-5 is not allowed"),
+    ("--cfg all +data.szie=3", "error: data.szie is not a config key: did you mean data.size?"),
+    ("--help mastery=d9", "error: mastery=d9 is not an option of 'mastery'"),
+    ("--info defaults mastery=d9", "error: mastery=d9 is not an option of 'mastery'"),
+    ("--resolve", "error: --resolve only changes what --cfg (or --help) shows"),
+    ("--cfg foo", "error: argument --cfg/-c: invalid choice: 'foo'"),
+    ("-m --run data.size=60", "error: --run and -m cannot be given together: choose one"),
+    ("data.size=60 -m seed=1,2", "error: unrecognized arguments: seed=1,2 experiment=smoke paths.output_dir={out}: Hydra's flags (-m, --cfg, ...) go before the overrides"),
+    ("--info", "error: argument --info/-i: invalid choice: 'experiment=smoke' (choose from 'all', 'config', 'defaults', 'defaults-tree', 'plugins', 'searchpath'): --info takes the next word as what to show: write --info all, or put --info last"),
+    ("-m hydra/launcher=slurm hydra.launcher.partition=gpu,cpu",
+     "error: hydra.launcher.partition=gpu,cpu: Hydra's own settings cannot be swept: give hydra.launcher.partition one value"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", FLAG_ERRORS, ids=[a for a, _ in FLAG_ERRORS])
+def test_hydras_flags_refused_in_one_line(args, message, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "sft_knowledge.run", *args.split(), "experiment=smoke", f"paths.output_dir={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    [line] = proc.stderr.strip().splitlines()  # one line, so no traceback or usage text
+    assert line.startswith(message.format(out=out)), line
+    assert proc.stdout == "" and not out.exists()  # no config shown, nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, shown", [("--cfg job", "name: smoke"), ("--cfg hydra", "hydra:"), ("--cfg all", "hydra:"),
+                                         ("--info all", "Config search path"), ("--help", "Use --hydra-help")])
+def test_hydras_show_flags_still_show(args, shown, tmp_path):
+    """A guard for the check above, which now reads Hydra's flags: a valid command line still shows what it asks."""
+    proc = subprocess.run([sys.executable, "-m", "sft_knowledge.run", *args.split(), "experiment=smoke"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert shown in proc.stdout
 
 
 def _start(tmp_path: Path, cache: Path, *overrides: str) -> subprocess.Popen:
