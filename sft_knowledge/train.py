@@ -1,6 +1,7 @@
 """Stage 2: supervised fine-tuning on closed-book QA (paper §3.3, App. A).
 
-Prompt `{bos}<|question|> {q} <|answer|>`, target ` {a}{eos}`, loss on the target tokens only
+Prompt `{bos}<|question|> {q} <|answer|>`, target ` {a} {eos}` (App. A; `train.space_before_eos=false`:
+` {a}{eos}`), loss on the target tokens only
 (the paper is silent; LLaMA-Factory, which its template matches, masks the prompt). AdamW, cosine
 schedule, 1 epoch, batch 8 as in the paper; warm-up and weight decay default to 0 (not stated).
 A batch larger than fits in memory is reached by gradient accumulation over micro-batches.
@@ -228,6 +229,13 @@ def merge_lora(model):
     return model.merge_and_unload()
 
 
+def sft_examples(tokenizer, facts: list[Fact], cfg: TrainConfig) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids) of each fact: the QA prompt, then the answer and EOS, with App. A's space between them
+    under `cfg.space_before_eos`."""
+    return encode_examples(tokenizer, [qa_prompt(f.question) for f in facts], [f.object for f in facts],
+                           suffix=" " if cfg.space_before_eos else "")
+
+
 LENGTH_WINDOW = 50  # group_by_length: batches per window sorted by length (Hugging Face's megabatch)
 
 
@@ -259,9 +267,7 @@ def sft(model, tokenizer, job: SFTJob) -> TrainLog:
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     torch.manual_seed(job.seed)
     device = next(model.parameters()).device
-    encoded = encode_examples(tokenizer, [qa_prompt(f.question) for f in job.facts], [f.object for f in job.facts])
-    prompts, targets = [p for p, _ in encoded], [t for _, t in encoded]
-    examples = list(zip(prompts, targets))
+    examples = sft_examples(tokenizer, job.facts, cfg)
     order = example_order([len(p) + len(t) for p, t in examples], cfg, job.seed)
     total = math.ceil(len(order) / cfg.batch_size)
     warmup = round(cfg.warmup_ratio * total)
