@@ -4,7 +4,7 @@
 
 Workload: a randomly initialised Llama of tiny_world's shape (config.PretrainConfig: 4 layers, hidden 128) with a BPE
 tokenizer trained on the QA texts, fine-tuned for 1 epoch on `--facts` facts of the embedded world (the paper's largest
-size, 1,920): prompt `<|question|> q <|answer|>`, target ` answer<eos>` (decoding.encode_examples), loss on the target
+size, 1,920): prompt `<|question|> q <|answer|>`, target ` answer <eos>` (train.sft_examples, App. A), loss on the target
 tokens, batch 8, lr 1e-3 (tiny_world's), cosine schedule without warm-up, AdamW, gradient clipping at 1.0.
 Ours: `sft(model, tokenizer, SFTJob(...))`. Baseline: `Trainer` with the same encoded examples, right-padded by
 `DataCollatorForSeq2Seq` (labels -100 on the prompt and padding), its cosine schedule, its random order.
@@ -31,7 +31,7 @@ from transformers import DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM, 
 from sft_knowledge import train
 from sft_knowledge.config import PretrainConfig, SyntheticWorldConfig, TrainConfig
 from sft_knowledge.data.synthetic import build_world
-from sft_knowledge.decoding import encode_examples, qa_prompt, qa_text
+from sft_knowledge.decoding import qa_prompt, qa_text
 from sft_knowledge.pretrain import train_tokenizer
 
 LR, BATCH = 1e-3, 8
@@ -78,7 +78,7 @@ def ours(model, tokenizer, facts, group_by_length: bool = False) -> tuple[float,
 def baseline(model, tokenizer, facts, work: str) -> tuple[float, float]:
     """(seconds, padding waste) of a plain Trainer on the same examples and schedule."""
     start = time.perf_counter()
-    encoded = encode_examples(tokenizer, [qa_prompt(f.question) for f in facts], [f.object for f in facts])
+    encoded = train.sft_examples(tokenizer, facts, TrainConfig())
     data = [{"input_ids": p + t, "attention_mask": [1] * (len(p) + len(t)), "labels": [-100] * len(p) + t} for p, t in encoded]
     tokenizer.padding_side = "right"  # as our batches; the tokenizer pads prompts on the left for generation
     meter = PaddingMeter(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
@@ -102,8 +102,7 @@ def main() -> None:
     facts = build_world(SyntheticWorldConfig()).kb.splits["train"][:n_facts]
     tokenizer = train_tokenizer([qa_text(qa_prompt(f.question), f.object) for f in facts], PretrainConfig().vocab_size)
     init = tiny_world_llama(tokenizer)
-    tokens = sum(len(p) + len(t) for p, t in encode_examples(tokenizer, [qa_prompt(f.question) for f in facts],
-                                                               [f.object for f in facts]))
+    tokens = sum(len(p) + len(t) for p, t in train.sft_examples(tokenizer, facts, TrainConfig()))
     waste: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_sft-") as work:
         methods = {"ours": ours, "ours, grouped": lambda model, tok, fs: ours(model, tok, fs, group_by_length=True),

@@ -158,6 +158,8 @@ class TrainConfig:
     strategy: str = "single"  # single: this process trains the whole model | fsdp: sharded over processes (fsdp.py)
     fsdp_processes: Any = None  # fsdp: processes, one per GPU (None: every visible GPU); on a CPU machine, gloo processes
     fsdp_cpu_offload: bool = False  # fsdp: sharded weights, gradients and AdamW state in node memory (70B: 1.1 TB in fp32)
+    # method=lora: the adapters' shape. train=lora (conf/train/lora.yaml) sets the project's choice (rank 8, alpha 16, every
+    # linear projection, lr 1e-4); these defaults are the older q_proj/v_proj, kept so that no run key changes.
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -165,6 +167,9 @@ class TrainConfig:
     # Batches of examples of similar length (Hugging Face's group_by_length: windows of 50 batches sorted by length,
     # the batches then in random order): less padding, but not the paper's random order, so off by default.
     group_by_length: bool = False
+    # App. A's assistant turn is ' ' + answer + ' ' + eos: SFT's target is the answer, the text's trailing space token,
+    # then EOS. false: ' ' + answer + eos (the format before; its SFT cache entries stay valid under it)
+    space_before_eos: bool = True
 
 
 @dataclass
@@ -262,7 +267,7 @@ class Config:
 NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.export")
 # Options added after run and cache keys were in use, with the value that means "as before": at that value they are
 # left out of every key (Dora's rule for new parameters), so adding an option redoes no finished run or SFT.
-ADDED_LATER = {"train.group_by_length": False, "model.pretrain.optimizer": "adamw"}
+ADDED_LATER = {"train.group_by_length": False, "model.pretrain.optimizer": "adamw", "train.space_before_eos": False}
 
 
 def semantic(cfg: Config) -> dict[str, Any]:

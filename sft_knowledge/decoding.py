@@ -2,8 +2,9 @@
 
 Every stage that runs a model goes through here, so probe, SFT, evaluation and KL agree on
 tokenisation. A prompt is `[bos] + encode(prompt)`: that is what generation and the KL condition on.
-An example is the whole text `prompt + " " + answer`, tokenised in one piece and split where the
-prompt's own tokens end (`encode_examples`); the target is the rest, then `[eos]`. So prompt + target
+An example is the whole text `prompt + " " + answer` (for SFT followed by App. A's space before EOS),
+tokenised in one piece and split where the prompt's own tokens end (`encode_examples`); the target is the rest,
+then `[eos]`. So prompt + target
 are exactly the tokens the model would read for the whole text (as in pretraining) and would have to
 write after the prompt. Encoding `" " + answer` on its own is not: SentencePiece with a dummy prefix
 (LLaMA-2; also its tokenizer.json or .model read by PreTrainedTokenizerFast, though transformers 5's
@@ -42,10 +43,12 @@ def qa_text(prompt: str, answer: str) -> str:
     return f"{prompt} {answer.strip()}"
 
 
-def encode_examples(tokenizer, prompts: list[str], answers: list[str], eos: bool = True) -> list[tuple[list[int], list[int]]]:
-    """`(prompt_ids, target_ids)` of each `qa_text(prompt, answer)`: its tokens split where the prompt's end,
-    `[eos]` appended to the target when `eos`. The one encoding of answers for every stage (module docstring)."""
-    texts = [qa_text(p, a) for p, a in zip(prompts, answers, strict=True)]
+def encode_examples(tokenizer, prompts: list[str], answers: list[str], eos: bool = True,
+                    suffix: str = "") -> list[tuple[list[int], list[int]]]:
+    """`(prompt_ids, target_ids)` of each `qa_text(prompt, answer) + suffix`: its tokens split where the prompt's end,
+    `[eos]` appended to the target when `eos`. The one encoding of answers for every stage (module docstring); SFT
+    passes App. A's `suffix=" "`, written as the whole text's trailing space token (`"▁"`, `"Ġ"`) before EOS."""
+    texts = [qa_text(p, a) + suffix for p, a in zip(prompts, answers, strict=True)]
     tail = [tokenizer.eos_token_id] if eos else []
     examples = []
     for text, p, ids in zip(texts, encode_prompts(tokenizer, prompts), encode_prompts(tokenizer, texts)):

@@ -27,8 +27,10 @@ def level_subsets(facts: list[Fact], levels: list[int], cap: int | None, seed: i
 
 
 def answer(model, tokenizer, facts: list[Fact], cfg: EvalConfig) -> list[str]:
-    """The model's greedy answer to each fact's question."""
-    return generate(model, tokenizer, [qa_prompt(f.question) for f in facts], cfg.max_new_tokens, 0.0, cfg.batch_size)
+    """The model's greedy answer to each fact's question, without the space before it and the one SFT taught after it
+    (App. A's ` {a} {eos}`)."""
+    texts = generate(model, tokenizer, [qa_prompt(f.question) for f in facts], cfg.max_new_tokens, 0.0, cfg.batch_size)
+    return [t.strip() for t in texts]
 
 
 def _hits(kb: KnowledgeBase, facts: list[Fact], texts: list[str]) -> list[bool]:

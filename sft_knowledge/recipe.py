@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from .probe import ProbeResult, probe
 from .restore import restore_into, restore_layers, select_thresholds
 from .results import Accuracies, BlockPoint, KLSummary, RestorePoint, RunResult
 from .tracking import Tracker
-from .train import SFTJob, TrainLog, attach_lora, merge_lora, sft
+from .train import SFTJob, TrainLog, attach_lora, float32_compute, load_lora, merge_lora, sft
 
 UPDATE_SHARE_RATIOS = (1, 3, 5, 10, 20, 40, 60)  # paper Table 3
 PREDICTION_COLUMNS = ["split", "level", "relation", "question", "answer", "prediction", "correct"]
@@ -254,7 +254,9 @@ def kl_reference(cfg: Config, kb: KnowledgeBase, levels: ProbeResult, base: Base
         base_prompts = [kb.relations[f.relation].mapping_templates[levels.best_template(f.relation)].format(subject=f.subject) for f in facts]
     kept = early_answers(base.model, base.tokenizer, base_prompts, [kb.answers(f) for f in facts], cfg.kl.answer_within_tokens)
     ft_prompts, base_prompts = [ft_prompts[i] for i in kept.kept], [base_prompts[i] for i in kept.kept]
-    base_logits = next_token_logits(base.model, base.tokenizer, base_prompts) if base_prompts else torch.empty(0)
+    # A LoRA run is evaluated in float32 (train.merge_lora): its base side too, so that its KL is the adapters' alone.
+    with float32_compute(base.model) if cfg.train.method == "lora" else nullcontext():
+        base_logits = next_token_logits(base.model, base.tokenizer, base_prompts) if base_prompts else torch.empty(0)
     return KLReference(ft_prompts, base_prompts, base_logits, cfg.kl.top_k, cfg.kl.curve_points, kept)
 
 
@@ -279,9 +281,11 @@ def sft_spec(cfg: Config, eff: Effective, mastery: Mastery, kl_ref: KLReference)
     """SFT's cache key: what changes the fine-tuned weights, and what the KL curve measured during SFT depends on
     (`KLReference.spec`, nothing without a curve). The rest of `kl` and `eval` is not in it: the final KL and the
     evaluation are recomputed from the cached weights, so sweeping them retrains nothing."""
-    return {"probe": mastery.spec, "bucket": cfg.mastery.bucket, "size": cfg.data.size, "data_seed": cfg.data.seed,
+    spec = {"probe": mastery.spec, "bucket": cfg.mastery.bucket, "size": cfg.data.size, "data_seed": cfg.data.seed,
             "train": semantic(cfg)["train"], "lr": eff.lr, "micro_batch_size": eff.micro_batch_size, "seed": cfg.seed,
             "kl_curve": kl_ref.spec()}
+    # LoRA entries hold the adapters alone, drawn from the seed; older ones held bf16-merged weights from one draw.
+    return spec | ({"lora": "adapters drawn from seed"} if cfg.train.method == "lora" else {})
 
 
 def weight_copy(model, where: str) -> dict[str, torch.Tensor]:
@@ -305,15 +309,18 @@ def fine_tune(cfg: Config, cache: Cache, eff: Effective, base: BaseModel, master
             log = sft_fsdp(job, base.path, cfg.model.dtype, base.tokenizer, tmp)
         else:
             # LoRA trains adapters on top of the base weights; the KL base (its logits) is that model with its adapter disabled.
-            tuned = attach_lora(base.model, cfg.train) if cfg.train.method == "lora" else base.model
+            tuned = attach_lora(base.model, cfg.train, cfg.seed) if cfg.train.method == "lora" else base.model
             log = sft(tuned, base.tokenizer, job)
-            # Saved merged: restoration and every later stage read ordinary weights.
-            (merge_lora(tuned) if cfg.train.method == "lora" else tuned).save_pretrained(tmp)
+            tuned.save_pretrained(tmp)  # LoRA: the adapters alone (megabytes), merged when loaded
         base.tokenizer.save_pretrained(tmp)
         (tmp / "train_log.json").write_text(json.dumps(asdict(log)))
 
     path, hit = cache.get_or_build("sft", spec, build)
-    model, tokenizer = load(path, cfg.model.dtype, spread=eff.n_gpus > 1)
+    if cfg.train.method == "lora":  # the base in float32, the adapters merged: restoration and every later stage see it all
+        model, tokenizer = load(base.path, "float32", spread=eff.n_gpus > 1)
+        model = merge_lora(load_lora(model, path))
+    else:
+        model, tokenizer = load(path, cfg.model.dtype, spread=eff.n_gpus > 1)
     log = TrainLog(**json.loads((path / "train_log.json").read_text()))
     return FineTuned(model, tokenizer, log, hit, base_state, weight_copy(model, cfg.resources.weight_copies))
 

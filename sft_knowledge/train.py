@@ -1,14 +1,16 @@
 """Stage 2: supervised fine-tuning on closed-book QA (paper §3.3, App. A).
 
-Prompt `{bos}<|question|> {q} <|answer|>`, target ` {a}{eos}`, loss on the target tokens only
+Prompt `{bos}<|question|> {q} <|answer|>`, target ` {a} {eos}` (App. A; `train.space_before_eos=false`:
+` {a}{eos}`), loss on the target tokens only
 (the paper is silent; LLaMA-Factory, which its template matches, masks the prompt). AdamW, cosine
 schedule, 1 epoch, batch 8 as in the paper; warm-up and weight decay default to 0 (not stated).
 A batch larger than fits in memory is reached by gradient accumulation over micro-batches.
 An `SFTJob` holds all one fine-tune needs (facts, TrainConfig, the effective lr and micro-batch, seed, checkpoints,
 the KL curve run after each step); `sft(model, tokenizer, job)` runs it in this process, `fsdp.sft_fsdp(job, ...)`
 over several.
-`method="lora"` trains low-rank adapters (peft) instead of every weight; `merge_lora` folds them in,
-so the later stages (restoration included) see ordinary merged weights. Run in every process of an FSDP
+`method="lora"` trains low-rank adapters (peft) instead of every weight, their initialisation drawn from the
+job's seed; `merge_lora` folds them into float32 weights, so the later stages (restoration included) see ordinary
+weights holding the whole update (folded into bf16 weights, most of it rounds away). Run in every process of an FSDP
 group (fsdp.py), `sft` trains that rank's share of each global batch; the result is the same.
 
 Precision (`train.precision`): under `fp32_master` (the default) a bf16 or fp16 model's trainable weights become
@@ -34,7 +36,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,18 +216,51 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int, ramp_over_decay: 
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def attach_lora(model, cfg: TrainConfig):
-    """`model` wrapped with fresh LoRA adapters (only they train); with the adapter disabled it is the base model."""
+def attach_lora(model, cfg: TrainConfig, seed: int):
+    """`model` wrapped with fresh LoRA adapters (only they train): A drawn from `seed` (peft's Kaiming-uniform), B zero,
+    so each repeat of a cell starts from its own adapters; with the adapter disabled it is the base model."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
     return get_peft_model(model, lora)
 
 
+def load_lora(model, adapter_dir: Path):
+    """`model` (the base) with the adapters that a LoRA model's `save_pretrained` wrote into `adapter_dir`."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir)
+
+
 def merge_lora(model):
-    """The plain model with the trained adapters folded into its weights."""
-    return model.merge_and_unload()
+    """The plain model, in float32, with the trained adapters folded into its weights. The weights are upcast first
+    (exactly, from bf16 or fp16), so the merged update B A alpha / r is kept whole: folded into bf16 weights around
+    0.02, spaced 2^-13 (1.2e-4) apart, an update of 1e-5 rounds away (docs/paper-setting.md, LoRA)."""
+    return model.float().merge_and_unload()
+
+
+@contextmanager
+def float32_compute(model):
+    """Within the block, `model`'s half-precision parameters are float32, so it computes in float32; after it they are
+    what they were (upcast and downcast are both exact). A LoRA run is evaluated in float32 (merge_lora): its KL base
+    and its KL curve are measured so too."""
+    half = [(p, p.dtype) for p in model.parameters() if p.dtype in HALF]
+    for p, _ in half:
+        p.data = p.data.float()
+    try:
+        yield model
+    finally:
+        for p, dtype in half:
+            p.data = p.data.to(dtype)
+
+
+def sft_examples(tokenizer, facts: list[Fact], cfg: TrainConfig) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids) of each fact: the QA prompt, then the answer and EOS, with App. A's space between them
+    under `cfg.space_before_eos`."""
+    return encode_examples(tokenizer, [qa_prompt(f.question) for f in facts], [f.object for f in facts],
+                           suffix=" " if cfg.space_before_eos else "")
 
 
 LENGTH_WINDOW = 50  # group_by_length: batches per window sorted by length (Hugging Face's megabatch)
@@ -259,9 +294,7 @@ def sft(model, tokenizer, job: SFTJob) -> TrainLog:
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     torch.manual_seed(job.seed)
     device = next(model.parameters()).device
-    encoded = encode_examples(tokenizer, [qa_prompt(f.question) for f in job.facts], [f.object for f in job.facts])
-    prompts, targets = [p for p, _ in encoded], [t for _, t in encoded]
-    examples = list(zip(prompts, targets))
+    examples = sft_examples(tokenizer, job.facts, cfg)
     order = example_order([len(p) + len(t) for p, t in examples], cfg, job.seed)
     total = math.ceil(len(order) / cfg.batch_size)
     warmup = round(cfg.warmup_ratio * total)
@@ -308,7 +341,8 @@ def sft(model, tokenizer, job: SFTJob) -> TrainLog:
             opt.zero_grad(set_to_none=True)
             log.loss.append(loss_sum)
             log.lr.append(step_lr)
-            with master.autocast():  # the KL curve sees the model computing as it trains
+            # The KL curve sees the model computing as it is evaluated: LoRA in float32 (merge_lora), full SFT as it trains.
+            with float32_compute(model) if cfg.method == "lora" else master.autocast():
                 event = job.curve(model, tokenizer, step + 1, total) if job.curve is not None else None
             if event is not None:
                 log.events.append({"step": step + 1, **event})

@@ -142,7 +142,7 @@ def test_paper_presets_sweep_the_papers_grid_and_every_point_composes(compose, p
                 assert cfg.data.seed == cfg.seed == int(point["seed"])
 
 
-def test_paper_preset_turns_on_every_measurement_and_its_lora_run_differs_only_in_method(compose):
+def test_paper_preset_turns_on_every_measurement_and_its_lora_run_trains_adapters(compose):
     paper, lora = compose("experiment=paper"), compose("experiment=paper_lora")
     assert paper.restore.ratios == [0, 1, 3, 5, 10, 20, 40, 60] and paper.restore.strategy == "top"
     assert paper.restore.layer_block_size == 4 and paper.kl.curve_points == 10 and paper.train.method == "full"

@@ -1,4 +1,6 @@
 """Per-level accuracy and the paper's macro mean, with empty levels reported as missing."""
+from sft_knowledge import evaluate
+from sft_knowledge.config import EvalConfig
 from sft_knowledge.evaluate import level_subsets
 from sft_knowledge.results import LevelAccuracy
 from sft_knowledge.data.facts import Fact
@@ -25,3 +27,9 @@ def test_level_subsets_cap_and_seed():
     capped = level_subsets(facts, levels, 7, 0)
     assert [len(x) for x in capped] == [7] * 5 and capped == level_subsets(facts, levels, 7, 0)
     assert set(capped[2]) <= set(full[2])
+
+
+def test_answers_are_stripped_of_the_space_sft_taught_before_eos(monkeypatch):
+    """SFT teaches ` {a} {eos}` (App. A): a greedy answer decodes as " Paris "; the recorded answer is "Paris"."""
+    monkeypatch.setattr(evaluate, "generate", lambda model, tok, prompts, *args: [" Paris "] * len(prompts))
+    assert evaluate.answer(None, None, [Fact("Person0", "P19", "Paris", "Where was Person0 born?")], EvalConfig()) == ["Paris"]

@@ -10,12 +10,11 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge.config import ConfigError, validate
 from sft_knowledge.data.facts import Fact
-from sft_knowledge.decoding import encode_examples, qa_prompt
 from sft_knowledge.fsdp import sft_fsdp
 from sft_knowledge.pretrain import train_tokenizer
 from sft_knowledge.restore import in_region, select_thresholds
 from sft_knowledge.config import TrainConfig
-from sft_knowledge.train import MasterWeights, SFTJob, _batch, cosine_lr, sft
+from sft_knowledge.train import MasterWeights, SFTJob, _batch, cosine_lr, sft, sft_examples
 
 # 32 facts, 2 epochs of batches of 8: 8 optimizer steps.
 FACTS = [Fact(f"Person{i}", "P19", f"Town{i % 4}", f"Where was Person{i} born?") for i in range(32)]
@@ -104,7 +103,7 @@ def test_pure_is_adamw_on_the_bf16_weights(tok, runs):
     """`pure` is SFT as it was before train.precision: the same loop written out, stepping the bf16 weights."""
     model = _model(tok)
     torch.manual_seed(0)
-    examples = encode_examples(tok, [qa_prompt(f.question) for f in FACTS], [f.object for f in FACTS])
+    examples = sft_examples(tok, FACTS, TrainConfig())
     rng, order = random.Random(0), []
     for _ in range(CFG["epochs"]):
         epoch = list(range(len(examples)))

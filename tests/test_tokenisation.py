@@ -9,9 +9,11 @@ import sentencepiece as spm
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
 
-from sft_knowledge.config import ModelError
+from sft_knowledge.config import ModelError, TrainConfig
+from sft_knowledge.data.facts import Fact
 from sft_knowledge.decoding import encode_examples, encode_prompts, first_target_tokens, qa_prompt, qa_text
 from sft_knowledge.pretrain import train_tokenizer
+from sft_knowledge.train import sft_examples
 
 CITIES = ["Paris", "Berlin", "Lisbon", "Vienna", "Oslo", "Madrid"]
 PROMPTS = [qa_prompt(f"Where was Person{i} born?") for i in range(len(CITIES))]
@@ -93,6 +95,33 @@ def test_targets_are_the_tokens_of_the_whole_text(tok):
         assert p + t[:-1] == encode_prompts(tok, [text])[0] and t[-1] == tok.eos_token_id
         assert tok.decode(p + t, skip_special_tokens=True) == text == f"{prompt} {answer}"
     assert [t for _, t in encode_examples(tok, PROMPTS, answers, eos=False)] == [t[:-1] for _, t in examples]
+
+
+def _facts(answers: list[str]) -> list[Fact]:
+    """Facts whose QA prompts are PROMPTS."""
+    return [Fact(f"Person{i}", "P19", a, f"Where was Person{i} born?") for i, a in enumerate(answers)]
+
+
+def test_sft_targets_are_app_a_answer_then_a_space_token_then_eos(tok):
+    """App. A's assistant turn ` {a} {eos}`: the answer's own tokens, then the whole text's trailing space as one token
+    that is only a space (SentencePiece's `"▁"`, byte-level BPE's `"Ġ"`), then EOS; `space_before_eos=false` drops it."""
+    answers = CITIES[:-1] + [YEAR]
+    paper = sft_examples(tok, _facts(answers), TrainConfig())
+    before = sft_examples(tok, _facts(answers), TrainConfig(space_before_eos=False))
+    assert before == encode_examples(tok, PROMPTS, answers)
+    for prompt, answer, (p, t), (p_before, t_before) in zip(PROMPTS, answers, paper, before):
+        assert p == p_before and t[:-2] == t_before[:-1] and t[-1] == t_before[-1] == tok.eos_token_id
+        assert tok.convert_ids_to_tokens(t[-2]).strip(SPACE_MARKS) == ""
+        assert p + t[:-1] == encode_prompts(tok, [f"{prompt} {answer} "])[0]
+
+
+def test_smollm2_sft_target_for_paris_is_paris_space_eos():
+    """Known ids: SmolLM2's vocabulary writes " Paris" as 7042, a lone " " as 216; its EOS is <|im_end|>, 2."""
+    tok = _smollm2()
+    [(_, target)] = sft_examples(tok, _facts(["Paris"]), TrainConfig())
+    assert target == [7042, 216, 2] == tok.convert_tokens_to_ids(["ĠParis", "Ġ", "<|im_end|>"])
+    [(_, target)] = sft_examples(tok, _facts(["Paris"]), TrainConfig(space_before_eos=False))
+    assert target == [7042, 2]
 
 
 def test_the_first_target_token_begins_the_answer_and_is_never_a_lone_space(tok):

@@ -150,3 +150,11 @@ def test_an_option_added_later_leaves_keys_unchanged_at_its_old_value(compose):
     assert "group_by_length" in asdict(off.train) and run_key(off) != run_key(on)
     # SFT's key takes `train` from semantic(): for a config without the option it is what it was before it existed
     assert semantic(off)["train"] == {k: v for k, v in asdict(off.train).items() if k != "group_by_length"}
+
+
+def test_app_a_answer_format_is_the_default_and_the_format_before_keeps_its_keys(compose):
+    paper, before = compose("experiment=smoke"), compose("experiment=smoke", "train.space_before_eos=false")
+    assert paper.train.space_before_eos is True and semantic(paper)["train"]["space_before_eos"] is True
+    # SFT entries and runs made before the option existed trained ` {a}{eos}`: under `false` their keys are unchanged
+    assert semantic(before)["train"] == {k: v for k, v in asdict(before.train).items() if k not in ("space_before_eos", "group_by_length")}
+    assert run_key(paper) != run_key(before)
