@@ -270,6 +270,34 @@ def test_table1_level_counts_beside_the_papers_and_missing_tables_name_their_com
     assert (out / "figure_restoration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_table1_has_one_row_group_per_probe(tmp_path):
+    """Runs that share a probe (model, probe settings, probed facts) are one group whatever their bucket, size or SFT
+    seed; two probe settings, or two seeds drawing a pre-screened subset, are two groups with their own counts."""
+    def config(bucket, seed=0, n_map=4, subset=None):
+        c = _config(bucket, 240, seed=seed) | {"probe": {"n_map": n_map, "n_sample": 4}}
+        c["data"]["subset"] = {"candidates": subset, "keep": 60}
+        return c
+    def counts(n):
+        return {split: [n + lv for lv in LEVELS] for split in LEVEL_COUNTS}
+    out = write_report(make_sweep(tmp_path, [
+        _results(config("d1"), 10.0, level_counts=counts(100)), _results(config("d4", seed=1), 20.0, level_counts=counts(100)),
+        _results(config("d1", n_map=21), 30.0, level_counts=counts(200)), _results(config("d4", n_map=21), 40.0, level_counts=counts(200))]))
+    md = (out / "report.md").read_text()
+    assert "| tiny_world on synthetic (probe.n_map=4) | test | 100 | 101 | 102 | 103 | 104 | 510 | 2 |" in md
+    assert "| tiny_world on synthetic (probe.n_map=21) | test | 200 | 201 | 202 | 203 | 204 | 1010 | 2 |" in md
+    rows = {(r["setting"], r["split"], r["level"]): r for r in _csv(out / "table1_level_counts.csv")}
+    assert {setting for setting, _, _ in rows} == {"probe.n_map=4", "probe.n_map=21"}
+    assert [(rows[(s, "train", "D-4")]["mean"], rows[(s, "train", "D-4")]["n"]) for s in ("probe.n_map=4", "probe.n_map=21")] == [
+        ("104.0", "2"), ("204.0", "2")]
+    # data.seed draws the pre-screened subset (data.subset.candidates), so there it tells probes apart
+    out = write_report(make_sweep(tmp_path, [
+        _results(config("d1", seed=0, subset=600), 10.0, level_counts=counts(10)), _results(config("d1", seed=1, subset=600), 20.0, level_counts=counts(20)),
+        _results(config("d4", seed=1, subset=600), 30.0, level_counts=counts(20))], name="subset"))
+    rows = {(r["setting"], r["split"], r["level"]): r for r in _csv(out / "table1_level_counts.csv")}
+    assert [(rows[(s, "train", "D-0")]["mean"], rows[(s, "train", "D-0")]["n"]) for s in ("data.seed=0", "data.seed=1")] == [
+        ("10.0", "1"), ("20.0", "2")]
+
+
 def _report_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sft_knowledge.report", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 

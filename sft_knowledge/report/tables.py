@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..data.facts import EVAL_SPLITS, LEVEL_NAMES, LEVELS, SPLITS as ALL_SPLITS
 from ..results import RunResult
-from ..sweep import BUCKETS, Cell, Stat, Value, blocks, bucket_name, get_key
+from ..sweep import BUCKETS, Cell, Stat, Value, blocks, bucket_name, flatten, get_key
 from .layout import RUN, Section, block_title, grid, markdown, missing, row, value_text
 from .paper import Paper, range_diff
 
@@ -81,17 +81,36 @@ def _restored_ratios(group: list[Cell], split: str = "test") -> list[float]:
 
 # ------------------------------------------------------------------ Tables 1 and 8
 
+MODEL_SFT_KEYS = ("lr", "micro_batch_size", "gradient_checkpointing", "n_gpus")  # model keys the probe does not read
+
+
+def probe_setting(config: dict) -> dict:
+    """What decides a run's level counts: the base model, the probe's settings and the facts probed (the dataset,
+    and the pre-screened subset with the seed that drew it where one is probed), not the SFT subset's bucket, size
+    or seed."""
+    data = config["data"]
+    subset_seed = {"seed": data["seed"]} if (data.get("subset") or {}).get("candidates") is not None else {}
+    return {"model": {k: v for k, v in config["model"].items() if k not in MODEL_SFT_KEYS},
+            "probe": config.get("probe", {}),
+            "data": {k: v for k, v in data.items() if k not in ("size", "seed")} | subset_seed}
+
+
 def table1(cells: list[Cell], paper: Paper) -> Section:
-    """The base model's level counts per split: one probe per model, data and probe setting (not per bucket)."""
-    groups: dict[tuple, list[RunResult]] = {}
+    """The base model's level counts per split: one row group per probe (model, probe settings and probed data), not
+    per bucket or size; a group's runs repeat one probe."""
+    groups: dict[str, tuple[dict, list[RunResult]]] = {}
     for c in cells:
         for r in c.runs:
-            probe = json.dumps({k: v for k, v in c.config["mastery"].items() if k != "bucket"}, sort_keys=True)
-            groups.setdefault((get_key(c.config, "model.name"), get_key(c.config, "data.name"), probe), []).append(r)
-    several = Counter((m, d) for m, d, _ in groups)
+            setting = flatten(probe_setting(r.config))
+            groups.setdefault(json.dumps(setting, sort_keys=True), (setting, []))[1].append(r)
+    # a group is named by its model and data, and by the settings that tell it from the others
+    keys = sorted({k for setting, _ in groups.values() for k in setting} - {"model.name", "data.name"})
+    varying = [k for k in keys if len({json.dumps(s.get(k)) for s, _ in groups.values()}) > 1]
     body, rows = [], []
-    for (model, data, probe), runs in groups.items():
-        label = f"{model} on {data}" + (f" (probe {probe})" if several[(model, data)] > 1 else "")
+    for setting, runs in groups.values():
+        model, data = setting["model.name"], setting["data.name"]
+        differs = ", ".join(f"{k}={setting.get(k)}" for k in varying)
+        label = f"{model} on {data}" + (f" ({differs})" if differs else "")
         theirs_of = {split: paper.table1(runs[0].config, split) for split in ALL_SPLITS}
         for split, theirs in theirs_of.items():
             counts = [[r.level_counts[split][lv] for r in runs] for lv in LEVELS]
@@ -105,7 +124,7 @@ def table1(cells: list[Cell], paper: Paper) -> Section:
                          ["ours − paper", split] + [f"{s.mean - v:+.0f}" for s, v in zip(stats, ref)] + [""]]
             for lv, s in enumerate(stats):
                 p = None if ref is None else ref[lv]
-                rows.append({"model": model, "data": data, "probe": probe, "split": split,
+                rows.append({"model": model, "data": data, "setting": differs, "split": split,
                              "level": LEVEL_NAMES[lv] if lv < len(LEVELS) else "total", **s.csv(),
                              "paper": "" if p is None else p, "diff": "" if p is None else s.mean - p})
     md = markdown(["base model", "split", *LEVEL_NAMES, "total", "runs"], body)
