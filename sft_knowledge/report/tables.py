@@ -332,6 +332,44 @@ def table11(cells: list[Cell], paper: Paper) -> Section:
     return Section("Table 11: accuracy after restoring one whole block of layers to the base model", md, "table11_layer_blocks.csv", rows)
 
 
+# ------------------------------------------------------------------ Figure 2's claims in the paper's text
+
+def _change(drop: float) -> str:
+    return f"a drop of {drop:.2f} points" if drop >= 0 else f"a gain of {-drop:.2f} points"
+
+
+def figure2_claims(cells: list[Cell], paper: Paper) -> list[str]:
+    """The paper's text on Figure 2 (LLaMA-3-8B, Acc_test: D-0's drop from 240 to 1,920 facts, the D-0 vs D-2 gap at
+    1,920 against the gap at 240, the largest drop) with ours beside it, per variant. These are statements about the
+    curves' shape, so they stand beside every setting, named as the paper's LLaMA-3-8B."""
+    theirs = paper.figure2()
+    md = []
+    for variant in sorted({c.variant for c in cells}):
+        acc = {(c.bucket, c.size): s.mean for c in cells if c.variant == variant
+               and (s := c.stat(level_value("test", None))) is not None}
+        drops = {b: acc[(b, 240)] - acc[(b, 1920)] for b in BUCKETS if (b, 240) in acc and (b, 1920) in acc}
+        gaps = {size: acc[("d2", size)] - acc[("d0", size)] for size in (240, 1920) if ("d0", size) in acc and ("d2", size) in acc}
+        lines = []
+        if "d0" in drops:
+            lines.append(f"- D-0 from 240 to 1,920 SFT facts: {acc[('d0', 240)]:.2f} → {acc[('d0', 1920)]:.2f}, "
+                         f"{_change(drops['d0'])} (paper: a drop of {theirs['d0_drop_240_to_1920']:.2f}).")
+        if 1920 in gaps:
+            ratio = (f", {gaps[1920] / gaps[240]:.2f} times the gap at 240 facts ({gaps[240]:+.2f})"
+                     if gaps.get(240) else "")
+            lines.append(f"- D-2 minus D-0 at 1,920 SFT facts: {gaps[1920]:+.2f} points{ratio} (paper: "
+                         f"{theirs['d0_d2_gap_1920']:+.2f}, {theirs['d0_d2_gap_ratio_1920_to_240']:.2f} times the gap at 240).")
+        if drops:
+            largest = max(drops, key=drops.get)
+            ours = (f"{bucket_name(largest)}, {_change(drops[largest])}" if drops[largest] >= 0
+                    else f"none, every bucket gains (the least: {bucket_name(largest)}, {-drops[largest]:.2f} points)")
+            lines.append(f"- The largest drop from 240 to 1,920 SFT facts: {ours} (paper: {theirs['largest_drop_240_to_1920']:.2f}; "
+                         "its bucket is garbled in the available text).")
+        if lines:
+            md += [f"The paper's text on Figure 2 (LLaMA-3-8B on EntityQuestions, Acc_test) and ours"
+                   + (f" [{variant}]" if variant else "") + ":", "", *lines, ""]
+    return md or missing("Acc_test at both 240 and 1,920 SFT facts, which the paper's text on Figure 2 compares", "experiment=figure2")
+
+
 # ------------------------------------------------------------------ the numbers behind a figure
 
 def figure_table(cells: list[Cell], metrics: dict[str, Value]) -> tuple[list[str], list[dict]]:
