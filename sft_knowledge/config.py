@@ -36,6 +36,7 @@ LOGGER_MODES = ("offline", "online", "disabled")
 DATASETS = ("synthetic", "entityquestions")
 SOURCES = ("tiny_world", "smollm2_gguf", "hub")
 PRETRAIN_OPTIMIZERS = ("adamw", "muon")  # tiny_world's pretraining
+KL_POSITIONS = ("answer_start", "first_token")  # where the base model's side of the KL is read
 DTYPES = ("float32", "bfloat16", "float16")
 # EntityQuestions' upstream archive; it has no published checksum, so data.entityquestions.sha256 is the
 # content_sha256 of the full copy in ../shared/data/entityquestions (commit 409520a, whose records the later
@@ -197,6 +198,11 @@ class KLConfig:
     # Only facts whose answer begins within the base model's first N greedy tokens of the base prompt (paper §4.1:
     # "answers appear near the beginning"); None: every fact of the level
     answer_within_tokens: Any = 3
+    # Where the base model's distribution is read (paper §4.1: "the first token predicted", on those completions):
+    # answer_start: at the answer's first token, the base model fed its own greedy tokens before it (" the" in
+    # " the United States") | first_token: at its first generated token, whatever it is (before this option existed).
+    # The fine-tuned model is read at its first generated token either way: it is asked the question and answers at once.
+    position: str = "answer_start"
 
 
 @dataclass
@@ -267,7 +273,8 @@ class Config:
 NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.export")
 # Options added after run and cache keys were in use, with the value that means "as before": at that value they are
 # left out of every key (Dora's rule for new parameters), so adding an option redoes no finished run or SFT.
-ADDED_LATER = {"train.group_by_length": False, "model.pretrain.optimizer": "adamw", "train.space_before_eos": False}
+ADDED_LATER = {"train.group_by_length": False, "model.pretrain.optimizer": "adamw", "train.space_before_eos": False,
+               "kl.position": "first_token"}
 
 
 def semantic(cfg: Config) -> dict[str, Any]:
@@ -379,6 +386,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.kl.curve_points >= 0, "kl.curve_points", cfg.kl.curve_points, "an integer >= 0")
     _check(cfg.kl.answer_within_tokens is None or (type(cfg.kl.answer_within_tokens) is int and cfg.kl.answer_within_tokens > 0),
            "kl.answer_within_tokens", cfg.kl.answer_within_tokens, "a positive integer or null (no filter)")
+    _check(cfg.kl.position in KL_POSITIONS, "kl.position", cfg.kl.position, ", ".join(KL_POSITIONS))
+    _check(cfg.kl.position == "first_token" or cfg.kl.answer_within_tokens is not None, "kl.position", cfg.kl.position,
+           "first_token with kl.answer_within_tokens=null (the answer's first token is found by that filter)")
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "an integer >= 0")
     _check(cfg.checkpoint.debug_pause_s >= 0, "checkpoint.debug_pause_s", cfg.checkpoint.debug_pause_s, "a number >= 0")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))

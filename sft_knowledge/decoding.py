@@ -155,11 +155,15 @@ def generate(
 
 
 @torch.no_grad()
-def next_token_logits(model, tokenizer, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """Logits of the first token after each prompt, [n, vocab] float32 on the CPU."""
+def next_token_logits(model, tokenizer, prompts: list[str], batch_size: int = 256,
+                      after: list[list[int]] | None = None) -> torch.Tensor:
+    """Logits of the first token after each prompt, or after the prompt and then the token ids `after[i]` (what a
+    model already wrote), [n, vocab] float32 on the CPU."""
     model.eval()
     device = _device(model)
     encoded = encode_prompts(tokenizer, prompts)
+    if after is not None:
+        encoded = [ids + more for ids, more in zip(encoded, after, strict=True)]
     result = torch.empty((len(prompts), model.config.vocab_size))
     for idx in _batches([len(e) for e in encoded], batch_size):
         ids, mask, pos = _left_pad(tokenizer, [encoded[i] for i in idx], device)

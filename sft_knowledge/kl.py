@@ -5,8 +5,11 @@ top-k token ids, renormalise both models' logits over just those k ids, and take
 
 The paper keeps only "completions where the answers appear near the beginning of the generated text"; here a
 fact is kept when its answer (or an alias) begins within the first `answer_within_tokens` tokens of the base
-model's greedy completion of the base prompt (`early_answers`), so the first token compared is the answer's
-or one shortly before it.
+model's greedy completion of the base prompt (`early_answers`). The paper compares "the first token predicted" by
+the two models: the fine-tuned model, asked the question, predicts the answer's first token at once; the base
+model may write a few tokens first (" the United States"), so by default it is read where the answer begins, fed
+its own greedy tokens before it (`AnswerFilter.before`, kl.position=answer_start); kl.position=first_token reads
+it at its first generated token, whatever that token is.
 """
 from __future__ import annotations
 
@@ -71,31 +74,34 @@ class AnswerFilter:
     n_kept: int
     kept_by_start: list[int] | None  # kept facts whose answer begins at generated token 0, 1, ... (None: no filter)
     kept: list[int]  # indices of the kept facts
+    before: list[list[int]]  # per kept fact, the completion's tokens before its answer ([] without the filter)
 
     def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "kept"}
+        return {k: v for k, v in asdict(self).items() if k not in ("kept", "before")}
 
 
 def early_answers(model, tokenizer, prompts: list[str], answers: list[list[str]], within: int | None,
                   batch_size: int = 256) -> AnswerFilter:
     """The facts whose answer begins within the first `within` tokens of the model's greedy completion of its prompt.
 
-    Greedy for `within` tokens plus the longest answer's, so an answer that begins in time is complete. Positions
-    count the tokens of the completion's encoding, which are the generated ones whenever the model writes text in
-    its tokenizer's own segmentation (as greedy completions do)."""
+    Greedy for `within` tokens plus the longest answer's, so an answer that begins in time is complete. Positions,
+    and the tokens before each answer (after which kl.position=answer_start reads the base model), are those of the
+    completion's encoding: the generated ones whenever the model writes text in its tokenizer's own segmentation
+    (as greedy completions do)."""
     if within is None:
-        return AnswerFilter(None, len(prompts), len(prompts), None, list(range(len(prompts))))
+        return AnswerFilter(None, len(prompts), len(prompts), None, list(range(len(prompts))), [[] for _ in prompts])
     if within < 1:
         raise ValueError(f"kl.answer_within_tokens={within}: expected a positive integer or null")
     if not prompts:  # an empty level (a small model's D_test-4); fast tokenizers fail on an empty batch
-        return AnswerFilter(within, 0, 0, [0] * within, [])
+        return AnswerFilter(within, 0, 0, [0] * within, [], [])
     flat = [f" {a}" for alts in answers for a in alts]
     longest = max(len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"])
     completions = generate(model, tokenizer, prompts, within + longest, 0.0, batch_size)
     encoded = tokenizer(completions, add_special_tokens=False)["input_ids"]
     starts = [answer_start(tokenizer, ids, alts) for ids, alts in zip(encoded, answers, strict=True)]
     kept = [i for i, s in enumerate(starts) if s is not None and s < within]
-    return AnswerFilter(within, len(prompts), len(kept), [starts.count(t) for t in range(within)], kept)
+    return AnswerFilter(within, len(prompts), len(kept), [starts.count(t) for t in range(within)], kept,
+                        [encoded[i][: starts[i]] for i in kept])
 
 
 def missing_reason(level: int, answer_filter: AnswerFilter) -> str:

@@ -221,6 +221,7 @@ class KLReference:
     top_k: int
     curve_points: int
     answer_filter: AnswerFilter
+    base_before: list[list[int]] = field(default_factory=list)  # the base model's own tokens read after each base prompt
 
     def kl(self, model, tokenizer) -> torch.Tensor:
         if not self.ft_prompts:
@@ -236,16 +237,21 @@ class KLReference:
         return {"kl_mean": kl_mean}
 
     def spec(self) -> dict | None:
-        """What the KL curve measured during SFT depends on, for SFT's cache key: the prompts (the base logits follow
-        from them and the base model, already in the key), top-k and the points. None without a curve."""
+        """What the KL curve measured during SFT depends on, for SFT's cache key: the prompts and the tokens the base
+        model reads after them (the base logits follow from these and the base model, already in the key), top-k and
+        the points. None without a curve. The tokens enter only where there are some, so an entry made before
+        kl.position existed (every base prompt read at its first generated token) stays valid wherever every kept
+        answer begins at that token."""
         if self.curve_points == 0 or not self.ft_prompts:
             return None
-        return {"prompts": digest([self.ft_prompts, self.base_prompts]), "top_k": self.top_k, "points": self.curve_points}
+        read = [self.ft_prompts, self.base_prompts] + ([self.base_before] if any(self.base_before) else [])
+        return {"prompts": digest(read), "top_k": self.top_k, "points": self.curve_points}
 
 
 def kl_reference(cfg: Config, kb: KnowledgeBase, levels: ProbeResult, base: BaseModel) -> KLReference:
     """The fine-tuned model is asked the question; the base model completes its best mapping template per relation
-    (paper §4.1), or the question with kl.base_prompt=qa. Only facts whose answer the base model writes early count."""
+    (paper §4.1), or the question with kl.base_prompt=qa. Only facts whose answer the base model writes early count;
+    the base model is read at kl.position."""
     facts = level_subsets(kb.splits["test"], levels.level["test"], cfg.kl.max_facts, cfg.eval.seed)[cfg.kl.level]
     ft_prompts = [qa_prompt(f.question) for f in facts]
     if cfg.kl.base_prompt == "qa":
@@ -254,10 +260,13 @@ def kl_reference(cfg: Config, kb: KnowledgeBase, levels: ProbeResult, base: Base
         base_prompts = [kb.relations[f.relation].mapping_templates[levels.best_template(f.relation)].format(subject=f.subject) for f in facts]
     kept = early_answers(base.model, base.tokenizer, base_prompts, [kb.answers(f) for f in facts], cfg.kl.answer_within_tokens)
     ft_prompts, base_prompts = [ft_prompts[i] for i in kept.kept], [base_prompts[i] for i in kept.kept]
+    # answer_start: the base model's own tokens before the answer are read after its prompt, so its logits are those
+    # of the answer's first token; first_token: right after the prompt
+    before = kept.before if cfg.kl.position == "answer_start" else [[] for _ in base_prompts]
     # A LoRA run is evaluated in float32 (train.merge_lora): its base side too, so that its KL is the adapters' alone.
     with float32_compute(base.model) if cfg.train.method == "lora" else nullcontext():
-        base_logits = next_token_logits(base.model, base.tokenizer, base_prompts) if base_prompts else torch.empty(0)
-    return KLReference(ft_prompts, base_prompts, base_logits, cfg.kl.top_k, cfg.kl.curve_points, kept)
+        base_logits = next_token_logits(base.model, base.tokenizer, base_prompts, after=before) if base_prompts else torch.empty(0)
+    return KLReference(ft_prompts, base_prompts, base_logits, cfg.kl.top_k, cfg.kl.curve_points, kept, before)
 
 
 def curve_steps(total: int, points: int) -> set[int]:

@@ -244,11 +244,11 @@ def size_order(size: Any) -> tuple:
     return (1, 0) if size == "all" else (0, size)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out |= _flatten(v, f"{prefix}{k}.")
+            out |= flatten(v, f"{prefix}{k}.")
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -270,7 +270,7 @@ def group_cells(jobs: list[Job]) -> list[Cell]:
     strategy) name a cell's variant, so every table and figure keeps those settings apart.
     """
     placed = [j for j in jobs if j.config is not None]
-    flat = {id(j): _flatten(j.config) for j in placed}
+    flat = {id(j): flatten(j.config) for j in placed}
     keys = sorted(set().union(*(f.keys() for f in flat.values())) - set(SEED_KEYS) - set(GRID_KEYS))
     varying = [k for k in keys if len({_canonical(f.get(k)) for f in flat.values()}) > 1]
     cells: dict[tuple, Cell] = {}

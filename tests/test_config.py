@@ -51,6 +51,9 @@ def test_mastery_option_selects_bucket(compose):
         ("kl.level=5", "kl.level=5 is not allowed: expected 0..4"),
         ("kl.answer_within_tokens=0", "kl.answer_within_tokens=0 is not allowed: expected a positive integer or null (no filter)"),
         ("kl.answer_within_tokens=true", "kl.answer_within_tokens=True is not allowed"),
+        ("kl.position=last_token", "kl.position='last_token' is not allowed: expected answer_start, first_token"),
+        ("kl.answer_within_tokens=null", "kl.position='answer_start' is not allowed: expected first_token with "
+                                         "kl.answer_within_tokens=null (the answer's first token is found by that filter)"),
         ("train.micro_batch_size=3", "train.micro_batch_size=3 is not allowed: expected a divisor of train.batch_size=8"),
         ("train.method=adapter", "train.method='adapter' is not allowed: expected full, lora"),
         ("train.strategy=ddp", "train.strategy='ddp' is not allowed: expected single, fsdp"),
@@ -75,6 +78,8 @@ def test_run_key_is_semantic(compose):
     assert run_key(base) != run_key(compose("seed=1"))
     assert run_key(base) != run_key(compose("data.size=60"))
     assert run_key(base).startswith("tiny_world-all-240-")
+    # kl.position came later: at its old value it is left out of the key, as runs from before it have it
+    assert "position" not in semantic(compose("kl.position=first_token"))["kl"] and semantic(base)["kl"]["position"] == "answer_start"
 
 
 def test_two_sweeps_started_in_the_same_second_get_different_directories():

@@ -46,7 +46,7 @@ def test_run_writes_every_result_field_and_reuses_the_cache(cli, smoke_cache, tm
 
 
 def test_without_the_answer_filter_the_kl_covers_every_d_test_4_fact(cli, smoke_cache, tmp_path):
-    cli("kl.answer_within_tokens=null", output_dir=tmp_path, cache_dir=smoke_cache)
+    cli("kl.answer_within_tokens=null", "kl.position=first_token", output_dir=tmp_path, cache_dir=smoke_cache)
     [every], [kept] = _results(tmp_path), _results(smoke_cache.parent / "warmup")  # the fixture's run: the default filter
     n = every["level_counts"]["test"][4]
     assert every["kl_filter"] == {"answer_within_tokens": None, "n_candidates": n, "n_kept": n, "kept_by_start": None}

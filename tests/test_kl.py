@@ -1,10 +1,15 @@
 import math
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from sft_knowledge import kl as kl_module
+from sft_knowledge.config import Config
+from sft_knowledge.data.facts import Fact, KnowledgeBase, Relation
+from sft_knowledge.probe import ProbeResult
+from sft_knowledge.recipe import BaseModel, kl_reference
 from sft_knowledge.kl import answer_start, early_answers, kl_stats, missing_reason, topk_renormalised_kl
 from sft_knowledge.pretrain import train_tokenizer
 
@@ -76,6 +81,8 @@ def test_kl_stats_empty_and_all_zero():
 
 class WordTokenizer:
     """GPT-2-like pieces: a word with its leading space, or a run of punctuation; decode joins them back."""
+
+    bos_token_id = pad_token_id = eos_token_id = None
 
     def __init__(self):
         self.vocab: dict[str, int] = {}
@@ -172,3 +179,60 @@ def test_missing_kl_says_why(monkeypatch):
     none_kept = early_answers(None, WordTokenizer(), ["c", "d"], [["Paris"], ["Paris"]], N)
     assert none_kept.kept == [] and missing_reason(4, none_kept) == (
         "none of the 2 D_test-4 facts has its answer within the base model's first 3 generated tokens (kl.answer_within_tokens)")
+
+
+# Where the base model is read (kl.position): a scripted base model that writes " the city" before the answer.
+
+
+class LastTokenModel(torch.nn.Module):
+    """A causal LM whose next-token logits depend only on the token just read: `table[token]`, else zeros."""
+
+    def __init__(self, vocab_size: int, table: dict[int, torch.Tensor]):
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=vocab_size)
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # where the model lives
+        self.table = table
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+        logits = torch.zeros(*input_ids.shape, self.config.vocab_size)
+        for token, row in self.table.items():
+            logits[input_ids == token] = row
+        return SimpleNamespace(logits=logits)
+
+
+def _kl_reference(monkeypatch, position: str, subjects: list[str]):
+    """The KL reference of D_test-4 facts "<subject> lives in"; the base model's greedy completions are scripted:
+    Ann's answer comes after " the city", Bob's at once. Returns the reference and the fine-tuned model."""
+    completions = {"Ann lives in": " the city Paris", "Bob lives in": " Rome, Italy"}
+    monkeypatch.setattr(kl_module, "generate", lambda model, tok, prompts, *a: [completions[p] for p in prompts])
+    tok = WordTokenizer()
+    ids = dict(zip([" Paris", " the", " in", " city", "|>"], _ids(tok, " Paris the in city|>")))
+    answer, filler = torch.zeros(16), torch.zeros(16)
+    answer[ids[" Paris"]], answer[ids[" the"]] = 2.0, 1.0  # where an answer begins: " Paris" first
+    filler[ids[" the"]] = 1.0  # after "lives in": " the" first
+    # the base model predicts the filler after its prompt and the answer after its own " the city"; the fine-tuned
+    # model, asked the question, predicts the answer after the prompt's last token, "|>" of "<|answer|>"
+    base = BaseModel("scripted", {}, LastTokenModel(16, {ids[" in"]: filler, ids[" city"]: answer}), tok, True)
+    tuned = LastTokenModel(16, {ids["|>"]: answer})
+    relation = Relation("P1", "Where does [X] live?", ("{subject} lives in",), True)
+    facts = [Fact(s, "P1", {"Ann": "Paris", "Bob": "Rome"}[s], f"Where does {s} live?") for s in subjects]
+    kb = KnowledgeBase({"P1": relation}, {"test": facts})
+    levels = ProbeResult(rate={"test": [1.0] * len(facts)}, level={"test": [4] * len(facts)}, template_rate={"P1": [1.0]})
+    cfg = Config()
+    cfg.kl.top_k, cfg.kl.position = 2, position
+    return kl_reference(cfg, kb, levels, base), tuned, tok, ids
+
+
+def test_the_base_model_is_read_where_the_answer_begins(monkeypatch):
+    # top-2 of the fine-tuned model: " Paris" (logit 2) and " the" (1). At the answer's first token the base model's
+    # logits there are the same, KL 0; at its first generated token they are 0 and 1: KL = tanh(1/2) (see above).
+    ref, tuned, tok, ids = _kl_reference(monkeypatch, "answer_start", ["Ann", "Bob"])
+    assert ref.base_before == [[ids[" the"], ids[" city"]], []]
+    assert ref.kl(tuned, tok).tolist() == pytest.approx([0.0, math.tanh(0.5)], abs=1e-6)
+    first, *_ = _kl_reference(monkeypatch, "first_token", ["Ann", "Bob"])
+    assert first.base_before == [[], []]
+    assert first.kl(tuned, tok).tolist() == pytest.approx([math.tanh(0.5), math.tanh(0.5)], abs=1e-6)
+    # SFT's key (the KL curve's inputs) changes only where the two positions read different tokens
+    assert ref.spec() != first.spec()
+    at_once, *_ = _kl_reference(monkeypatch, "answer_start", ["Bob"])
+    assert at_once.spec() == _kl_reference(monkeypatch, "first_token", ["Bob"])[0].spec()

@@ -270,6 +270,59 @@ def test_table1_level_counts_beside_the_papers_and_missing_tables_name_their_com
     assert (out / "figure_restoration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_table1_has_one_row_group_per_probe(tmp_path):
+    """Runs that share a probe (model, probe settings, probed facts) are one group whatever their bucket, size or SFT
+    seed; two probe settings, or two seeds drawing a pre-screened subset, are two groups with their own counts."""
+    def config(bucket, seed=0, n_map=4, subset=None):
+        c = _config(bucket, 240, seed=seed) | {"probe": {"n_map": n_map, "n_sample": 4}}
+        c["data"]["subset"] = {"candidates": subset, "keep": 60}
+        return c
+    def counts(n):
+        return {split: [n + lv for lv in LEVELS] for split in LEVEL_COUNTS}
+    out = write_report(make_sweep(tmp_path, [
+        _results(config("d1"), 10.0, level_counts=counts(100)), _results(config("d4", seed=1), 20.0, level_counts=counts(100)),
+        _results(config("d1", n_map=21), 30.0, level_counts=counts(200)), _results(config("d4", n_map=21), 40.0, level_counts=counts(200))]))
+    md = (out / "report.md").read_text()
+    assert "| tiny_world on synthetic (probe.n_map=4) | test | 100 | 101 | 102 | 103 | 104 | 510 | 2 |" in md
+    assert "| tiny_world on synthetic (probe.n_map=21) | test | 200 | 201 | 202 | 203 | 204 | 1010 | 2 |" in md
+    rows = {(r["setting"], r["split"], r["level"]): r for r in _csv(out / "table1_level_counts.csv")}
+    assert {setting for setting, _, _ in rows} == {"probe.n_map=4", "probe.n_map=21"}
+    assert [(rows[(s, "train", "D-4")]["mean"], rows[(s, "train", "D-4")]["n"]) for s in ("probe.n_map=4", "probe.n_map=21")] == [
+        ("104.0", "2"), ("204.0", "2")]
+    # data.seed draws the pre-screened subset (data.subset.candidates), so there it tells probes apart
+    out = write_report(make_sweep(tmp_path, [
+        _results(config("d1", seed=0, subset=600), 10.0, level_counts=counts(10)), _results(config("d1", seed=1, subset=600), 20.0, level_counts=counts(20)),
+        _results(config("d4", seed=1, subset=600), 30.0, level_counts=counts(20))], name="subset"))
+    rows = {(r["setting"], r["split"], r["level"]): r for r in _csv(out / "table1_level_counts.csv")}
+    assert [(rows[(s, "train", "D-0")]["mean"], rows[(s, "train", "D-0")]["n"]) for s in ("data.seed=0", "data.seed=1")] == [
+        ("10.0", "1"), ("20.0", "2")]
+
+
+def test_figure2_text_gives_the_papers_claims_beside_ours(tmp_path):
+    # Acc_test of a run is acc + 2 (_results): D-0 52 -> 42, D-1 50 -> 32, D-2 58 -> 55, D-4 22 -> 32 from 240 to 1,920.
+    cells = [("d0", 240, 50.0), ("d0", 1920, 40.0), ("d1", 240, 48.0), ("d1", 1920, 30.0), ("d2", 240, 56.0),
+             ("d2", 1920, 53.0), ("d4", 240, 20.0), ("d4", 1920, 30.0)]
+    out = write_report(make_sweep(tmp_path, [_results(_config(b, size), acc) for b, size, acc in cells]))
+    figure2 = _section((out / "report.md").read_text(), "Figure 2:")
+    assert "\n".join([
+        "The paper's text on Figure 2 (LLaMA-3-8B on EntityQuestions, Acc_test) and ours:", "",
+        "- D-0 from 240 to 1,920 SFT facts: 52.00 → 42.00, a drop of 10.00 points (paper: a drop of 8.86).",
+        "- D-2 minus D-0 at 1,920 SFT facts: +13.00 points, 2.17 times the gap at 240 facts (+6.00) (paper: +12.06, "
+        "1.50 times the gap at 240).",
+        "- The largest drop from 240 to 1,920 SFT facts: D-1, a drop of 18.00 points (paper: 13.69; its bucket is garbled "
+        "in the available text)."]) in figure2
+    # D-0 gaining, no D-2: no gap to give
+    out = write_report(make_sweep(tmp_path / "gain", [_results(_config("d0", 240), 40.0), _results(_config("d0", 1920), 45.0)]))
+    figure2 = _section((out / "report.md").read_text(), "Figure 2:")
+    assert "- D-0 from 240 to 1,920 SFT facts: 42.00 → 47.00, a gain of 5.00 points (paper: a drop of 8.86)." in figure2
+    assert "- The largest drop from 240 to 1,920 SFT facts: none, every bucket gains (the least: D-0, 5.00 points)" in figure2
+    assert "D-2 minus D-0" not in figure2
+    # without both sizes the text says what is missing and which preset makes it
+    out = write_report(make_sweep(tmp_path / "one_size", [_results(_config("d0", 240), 40.0)]))
+    assert ("Not in this sweep: Acc_test at both 240 and 1,920 SFT facts, which the paper's text on Figure 2 compares. "
+            "`python -m sft_knowledge.run experiment=figure2` produces it") in (out / "report.md").read_text()
+
+
 def _report_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sft_knowledge.report", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..sweep import Cell, bucket_name
 
-PAPER_RESULTS = Path(__file__).parent.parent / "paper_results.json"  # a copy of ../shared/reference/, plus Tables 6, 9-11
+PAPER_RESULTS = Path(__file__).parent.parent / "paper_results.json"  # a copy of ../shared/reference/, plus Tables 6, 9-11 and Figure 2's text
 PAPER_SPLITS = {"train": "train", "test": "test", "testood": "test_ood"}  # our split names -> the paper file's
 
 
@@ -96,3 +96,8 @@ class Paper:
         if not (self._llama3_8b(cell) and cell.size == t["size"] and cell.config["restore"]["region"] == "transformer"):
             return None
         return t["acc_test"].get(block, {}).get(bucket_name(cell.bucket))
+
+    def figure2(self) -> dict[str, float]:
+        """The paper's text on Figure 2 (LLaMA-3-8B, Acc_test): D-0's drop from 240 to 1,920 facts, the D-0 vs D-2 gap
+        at 1,920 and its ratio to the gap at 240, the largest drop from 240 to 1,920."""
+        return {k: v for k, v in self.data["figure2_claims_llama3_8b"].items() if not k.startswith("_")}

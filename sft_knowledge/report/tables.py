@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..data.facts import EVAL_SPLITS, LEVEL_NAMES, LEVELS, SPLITS as ALL_SPLITS
 from ..results import RunResult
-from ..sweep import BUCKETS, Cell, Stat, Value, blocks, bucket_name, get_key
+from ..sweep import BUCKETS, Cell, Stat, Value, blocks, bucket_name, flatten, get_key
 from .layout import RUN, Section, block_title, grid, markdown, missing, row, value_text
 from .paper import Paper, range_diff
 
@@ -81,17 +81,36 @@ def _restored_ratios(group: list[Cell], split: str = "test") -> list[float]:
 
 # ------------------------------------------------------------------ Tables 1 and 8
 
+MODEL_SFT_KEYS = ("lr", "micro_batch_size", "gradient_checkpointing", "n_gpus")  # model keys the probe does not read
+
+
+def probe_setting(config: dict) -> dict:
+    """What decides a run's level counts: the base model, the probe's settings and the facts probed (the dataset,
+    and the pre-screened subset with the seed that drew it where one is probed), not the SFT subset's bucket, size
+    or seed."""
+    data = config["data"]
+    subset_seed = {"seed": data["seed"]} if (data.get("subset") or {}).get("candidates") is not None else {}
+    return {"model": {k: v for k, v in config["model"].items() if k not in MODEL_SFT_KEYS},
+            "probe": config.get("probe", {}),
+            "data": {k: v for k, v in data.items() if k not in ("size", "seed")} | subset_seed}
+
+
 def table1(cells: list[Cell], paper: Paper) -> Section:
-    """The base model's level counts per split: one probe per model, data and probe setting (not per bucket)."""
-    groups: dict[tuple, list[RunResult]] = {}
+    """The base model's level counts per split: one row group per probe (model, probe settings and probed data), not
+    per bucket or size; a group's runs repeat one probe."""
+    groups: dict[str, tuple[dict, list[RunResult]]] = {}
     for c in cells:
         for r in c.runs:
-            probe = json.dumps({k: v for k, v in c.config["mastery"].items() if k != "bucket"}, sort_keys=True)
-            groups.setdefault((get_key(c.config, "model.name"), get_key(c.config, "data.name"), probe), []).append(r)
-    several = Counter((m, d) for m, d, _ in groups)
+            setting = flatten(probe_setting(r.config))
+            groups.setdefault(json.dumps(setting, sort_keys=True), (setting, []))[1].append(r)
+    # a group is named by its model and data, and by the settings that tell it from the others
+    keys = sorted({k for setting, _ in groups.values() for k in setting} - {"model.name", "data.name"})
+    varying = [k for k in keys if len({json.dumps(s.get(k)) for s, _ in groups.values()}) > 1]
     body, rows = [], []
-    for (model, data, probe), runs in groups.items():
-        label = f"{model} on {data}" + (f" (probe {probe})" if several[(model, data)] > 1 else "")
+    for setting, runs in groups.values():
+        model, data = setting["model.name"], setting["data.name"]
+        differs = ", ".join(f"{k}={setting.get(k)}" for k in varying)
+        label = f"{model} on {data}" + (f" ({differs})" if differs else "")
         theirs_of = {split: paper.table1(runs[0].config, split) for split in ALL_SPLITS}
         for split, theirs in theirs_of.items():
             counts = [[r.level_counts[split][lv] for r in runs] for lv in LEVELS]
@@ -105,7 +124,7 @@ def table1(cells: list[Cell], paper: Paper) -> Section:
                          ["ours − paper", split] + [f"{s.mean - v:+.0f}" for s, v in zip(stats, ref)] + [""]]
             for lv, s in enumerate(stats):
                 p = None if ref is None else ref[lv]
-                rows.append({"model": model, "data": data, "probe": probe, "split": split,
+                rows.append({"model": model, "data": data, "setting": differs, "split": split,
                              "level": LEVEL_NAMES[lv] if lv < len(LEVELS) else "total", **s.csv(),
                              "paper": "" if p is None else p, "diff": "" if p is None else s.mean - p})
     md = markdown(["base model", "split", *LEVEL_NAMES, "total", "runs"], body)
@@ -311,6 +330,44 @@ def table11(cells: list[Cell], paper: Paper) -> Section:
     else:
         md += ["Row `none`: no restoration; the gain is against it. The paper gives Table 11 for one split, shown beside Acc_test.", ""]
     return Section("Table 11: accuracy after restoring one whole block of layers to the base model", md, "table11_layer_blocks.csv", rows)
+
+
+# ------------------------------------------------------------------ Figure 2's claims in the paper's text
+
+def _change(drop: float) -> str:
+    return f"a drop of {drop:.2f} points" if drop >= 0 else f"a gain of {-drop:.2f} points"
+
+
+def figure2_claims(cells: list[Cell], paper: Paper) -> list[str]:
+    """The paper's text on Figure 2 (LLaMA-3-8B, Acc_test: D-0's drop from 240 to 1,920 facts, the D-0 vs D-2 gap at
+    1,920 against the gap at 240, the largest drop) with ours beside it, per variant. These are statements about the
+    curves' shape, so they stand beside every setting, named as the paper's LLaMA-3-8B."""
+    theirs = paper.figure2()
+    md = []
+    for variant in sorted({c.variant for c in cells}):
+        acc = {(c.bucket, c.size): s.mean for c in cells if c.variant == variant
+               and (s := c.stat(level_value("test", None))) is not None}
+        drops = {b: acc[(b, 240)] - acc[(b, 1920)] for b in BUCKETS if (b, 240) in acc and (b, 1920) in acc}
+        gaps = {size: acc[("d2", size)] - acc[("d0", size)] for size in (240, 1920) if ("d0", size) in acc and ("d2", size) in acc}
+        lines = []
+        if "d0" in drops:
+            lines.append(f"- D-0 from 240 to 1,920 SFT facts: {acc[('d0', 240)]:.2f} → {acc[('d0', 1920)]:.2f}, "
+                         f"{_change(drops['d0'])} (paper: a drop of {theirs['d0_drop_240_to_1920']:.2f}).")
+        if 1920 in gaps:
+            ratio = (f", {gaps[1920] / gaps[240]:.2f} times the gap at 240 facts ({gaps[240]:+.2f})"
+                     if gaps.get(240) else "")
+            lines.append(f"- D-2 minus D-0 at 1,920 SFT facts: {gaps[1920]:+.2f} points{ratio} (paper: "
+                         f"{theirs['d0_d2_gap_1920']:+.2f}, {theirs['d0_d2_gap_ratio_1920_to_240']:.2f} times the gap at 240).")
+        if drops:
+            largest = max(drops, key=drops.get)
+            ours = (f"{bucket_name(largest)}, {_change(drops[largest])}" if drops[largest] >= 0
+                    else f"none, every bucket gains (the least: {bucket_name(largest)}, {-drops[largest]:.2f} points)")
+            lines.append(f"- The largest drop from 240 to 1,920 SFT facts: {ours} (paper: {theirs['largest_drop_240_to_1920']:.2f}; "
+                         "its bucket is garbled in the available text).")
+        if lines:
+            md += [f"The paper's text on Figure 2 (LLaMA-3-8B on EntityQuestions, Acc_test) and ours"
+                   + (f" [{variant}]" if variant else "") + ":", "", *lines, ""]
+    return md or missing("Acc_test at both 240 and 1,920 SFT facts, which the paper's text on Figure 2 compares", "experiment=figure2")
 
 
 # ------------------------------------------------------------------ the numbers behind a figure
