@@ -136,4 +136,4 @@ def check_hub_access(source: str, name: str) -> None:
         why = "HF_HUB_OFFLINE is set" if offline else type(err).__name__
         raise ModelError(f"model={name}: cannot read {source} from the Hugging Face hub ({why}); set "
                          f"model.path=/dir/with/weights (a local Hugging Face directory), or accept the model's "
-                         f"license on the hub, run `huggingface-cli login` and unset HF_HUB_OFFLINE") from None
+                         f"license on the hub, run `hf auth login` and unset HF_HUB_OFFLINE") from None
