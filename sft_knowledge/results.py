@@ -146,6 +146,9 @@ class RunResult:
     prescreen_counts: dict[str, list[int]] | None = None  # a pre-screened subset's likelihood levels (data.subset)
     overrides: list[str] = field(default_factory=list)  # the command line's overrides
     provenance: dict[str, Any] = field(default_factory=dict)  # code version, packages, machine
+    # Whether the run reached W&B: {"mode": logger.mode, "wandb": "on" | "off", "reason": why off} (tracking.Tracker);
+    # empty in results written before it was kept
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kl_mean(self) -> float | None:
@@ -159,7 +162,7 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         kl = asdict(self.kl) if self.kl is not None else {"missing": self.kl_missing}
-        head = {k: getattr(self, k) for k in ("run_key", "config", "overrides", "provenance", "level_counts",
+        head = {k: getattr(self, k) for k in ("run_key", "config", "overrides", "provenance", "tracking", "level_counts",
                                                "prescreen_counts", "n_train_facts")}
         return head | _acc_to_json(self.acc) | {
             "acc_train": self.acc_train, "kl_level": self.kl_level, "kl": kl, "kl_filter": self.kl_filter,
