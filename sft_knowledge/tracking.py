@@ -45,6 +45,11 @@ class Tracker:
             self.tracking = {"mode": self.mode, "wandb": "on", "reason": None}
         except Exception as exc:  # noqa: BLE001 - W&B takes the experiment down only when logger.required says so
             reason = self._why(exc)
+            # W&B keeps what it half-loaded: the next run in this process (a sweep's next cell) would start without
+            # reading the environment again. Dropped, that run meets the same cause and says so.
+            import wandb
+
+            wandb.teardown()
             self.tracking = {"mode": self.mode, "wandb": "off", "reason": reason}
             run_id = self._init_args["id"]
             if self.required:
