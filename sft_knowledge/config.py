@@ -226,6 +226,12 @@ class LoggerConfig:
     group: Any = None  # W&B group; a sweep sets it to the sweep's name
     tags: list[str] = field(default_factory=list)
     log_predictions: bool = False  # also log every evaluated fact's answer as a W&B table (eval/predictions)
+    # A W&B run that cannot start: false (default) goes on without W&B, in one `warning:` line, and results.json and the
+    # sweep summary say why; true stops the run before any stage with one `error:` line (docs/wandb.md).
+    required: bool = False
+    # Seconds wandb.init may take. W&B's own default, 90 s, is lost per cell of a sweep on a node without network; 30 s
+    # is several times a normal start (docs/wandb.md)
+    init_timeout_s: float = 30.0
 
 
 @dataclass
@@ -392,6 +398,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "an integer >= 0")
     _check(cfg.checkpoint.debug_pause_s >= 0, "checkpoint.debug_pause_s", cfg.checkpoint.debug_pause_s, "a number >= 0")
     _check(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))
+    _check(cfg.logger.init_timeout_s > 0, "logger.init_timeout_s", cfg.logger.init_timeout_s, "a number of seconds > 0")
+    if cfg.logger.required and cfg.logger.mode == "disabled":
+        raise ConfigError("logger.required=true asks for a W&B run that logger.mode=disabled never starts: "
+                          "use logger.mode=offline or online, or drop logger.required")
     _check(cfg.model.source in SOURCES, "model.source", cfg.model.source, ", ".join(SOURCES))
     _check(cfg.model.dtype in DTYPES, "model.dtype", cfg.model.dtype, ", ".join(DTYPES))
     _check(cfg.model.pretrain.optimizer in PRETRAIN_OPTIMIZERS, "model.pretrain.optimizer", cfg.model.pretrain.optimizer,

@@ -12,6 +12,10 @@ class ModelError(ConfigError):
     """A base model that cannot be obtained (offline, no access, package missing); one line saying what to set."""
 
 
+class TrackingError(ConfigError):
+    """W&B could not start a run that logger.required=true asks for (raised before any stage); one line."""
+
+
 class DataError(ValueError):
     """Bad input data or a subset that cannot be drawn (e.g. a bucket smaller than data.size); one line."""
 

@@ -147,6 +147,9 @@ class RunResult:
     base_model: str | None = None  # where tiny_world's model came from: shipped, or pretrained here (and how long)
     overrides: list[str] = field(default_factory=list)  # the command line's overrides
     provenance: dict[str, Any] = field(default_factory=dict)  # code version, packages, machine
+    # Whether the run reached W&B: {"mode": logger.mode, "wandb": "on" | "off", "reason": why off} (tracking.Tracker);
+    # empty in results written before it was kept
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kl_mean(self) -> float | None:
@@ -160,7 +163,8 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         kl = asdict(self.kl) if self.kl is not None else {"missing": self.kl_missing}
-        head = {k: getattr(self, k) for k in ("run_key", "config", "overrides", "provenance", "base_model", "level_counts",
+        head = {k: getattr(self, k) for k in ("run_key", "config", "overrides", "provenance", "tracking", "base_model",
+                                               "level_counts",
                                                "prescreen_counts", "n_train_facts")}
         return head | _acc_to_json(self.acc) | {
             "acc_train": self.acc_train, "kl_level": self.kl_level, "kl": kl, "kl_filter": self.kl_filter,

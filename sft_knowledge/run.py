@@ -65,10 +65,10 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
         use_threads(cfg.resources.threads)  # before torch computes anything
         tracker = Tracker(cfg.logger.mode, run_dir, key, cfg.logger.project, asdict(cfg), group=cfg.logger.group,
                           tags=list(cfg.logger.tags) + [cfg.model.name, cfg.mastery.bucket, f"size={cfg.data.size}", cfg.restore.strategy],
-                          entity=cfg.logger.entity)
-        with tracker:
+                          entity=cfg.logger.entity, required=cfg.logger.required, init_timeout_s=cfg.logger.init_timeout_s)
+        with tracker:  # W&B starts (or, with logger.required=true, stops the run) before any stage
             result = replace(run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker, run_dir), run_key=key, config=semantic(cfg),
-                                         overrides=hydra_overrides or [], provenance=provenance(run_dir))
+                             overrides=hydra_overrides or [], provenance=provenance(run_dir), tracking=tracker.tracking)
             tracker.summary({"acc_test": result.acc["test"].acc, "acc_testood": result.acc["testood"].acc,
                              "acc_train": result.acc_train, f"kl_test{result.kl_level}": result.kl_mean})  # the KL named by its level
             result.save(results_path)

@@ -52,7 +52,17 @@ def run_summary(r: RunResult) -> str:
     for b in r.restore_blocks:
         lines.append(f"  restore layers {b.layers[0]}-{b.layers[1]}: acc_test {_f(b.accuracy('test'), 0)}, acc_testood {_f(b.accuracy('testood'), 0)}")
     lines.append("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in r.timings.items()))
+    if off := wandb_line([r.tracking]):
+        lines.append(f"  {off}")
     return "\n".join(lines)
+
+
+def wandb_line(tracking: list[dict]) -> str | None:
+    """`W&B: off in n of m runs (first reason: ...)` over the runs that asked for W&B (not logger.mode=disabled), or
+    None when each of them reached it. Results written before `tracking` was kept ({}) are not counted."""
+    asked = [t for t in tracking if t.get("mode", "disabled") != "disabled"]
+    off = [t for t in asked if t["wandb"] == "off"]
+    return f"W&B: off in {len(off)} of {len(asked)} runs (first reason: {off[0]['reason']})" if off else None
 
 
 def _level_counts(level_counts: dict[str, list[int]]) -> list[str]:
@@ -101,4 +111,6 @@ def sweep_summary(sweep_dir: Path) -> str:
         lines += _world_lines(done)
         runs_dir = next(j.info.run_dir for j in jobs if j.result is not None).parent
         lines.append(f"results: {runs_dir}/<run_key>/results.json for each cell; this table: {Path(sweep_dir) / 'summary.txt'}")
+        if off := wandb_line([r.tracking for r in done]):  # a sweep without dashboards says so where it ends
+            lines.append(off)
     return "\n".join(lines)

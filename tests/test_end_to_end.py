@@ -110,6 +110,7 @@ def test_offline_tracking_writes_wandb_run_and_metrics(cli, smoke_cache, tmp_pat
     cli("logger.mode=offline", "logger.log_predictions=true", "restore.ratios=[0,20]", "eval.max_per_level=20",
             output_dir=tmp_path, cache_dir=smoke_cache)
     [r] = _results(tmp_path)
+    assert r["tracking"] == {"mode": "offline", "wandb": "on", "reason": None}
     run_dir = tmp_path / "runs" / r["run_key"]
     [offline] = list((run_dir / "wandb").glob(f"offline-run-*-{r['run_key']}"))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -350,8 +350,8 @@ def test_results_json_round_trips_and_older_files_still_load(tmp_path):
     path.write_text(json.dumps(r.to_json()))
     written = json.loads(path.read_text())
     assert results.load(path).to_json() == written and "kl_test4" not in written
-    # Written before the KL was named by its level: `kl_test4` beside `kl`, no kl_level, kl_filter or timings.
-    old = {k: v for k, v in written.items() if k not in ("kl_level", "kl_filter", "timings", "sft_resumed_at")}
+    # Written before the KL was named by its level: `kl_test4` beside `kl`, no kl_level, kl_filter, timings or tracking.
+    old = {k: v for k, v in written.items() if k not in ("kl_level", "kl_filter", "timings", "sft_resumed_at", "tracking")}
     path.write_text(json.dumps(old | {"kl_test4": written["kl"]["mean"]}))
     loaded = results.load(path)
     assert (loaded.kl_level, loaded.kl_mean, loaded.timings) == (4, 4.2, {}) and loaded.accuracy("test", 4) == 46.0
