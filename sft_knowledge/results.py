@@ -164,8 +164,7 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         kl = asdict(self.kl) if self.kl is not None else {"missing": self.kl_missing}
         head = {k: getattr(self, k) for k in ("run_key", "config", "overrides", "provenance", "tracking", "base_model",
-                                               "level_counts",
-                                               "prescreen_counts", "n_train_facts")}
+                                               "level_counts", "prescreen_counts", "n_train_facts")}
         return head | _acc_to_json(self.acc) | {
             "acc_train": self.acc_train, "kl_level": self.kl_level, "kl": kl, "kl_filter": self.kl_filter,
             "kl_curve": self.kl_curve, "restore": [p.to_json() for p in self.restore],
