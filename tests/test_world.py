@@ -90,6 +90,18 @@ def test_pretraining_says_what_it_will_do_before_it_starts(tmp_path, capsys):
     assert abs(estimated_minutes(1_580_000, 14_567_424, 2) * 60 - 1170) < 0.2 * 1170
 
 
+def test_pretraining_twice_writes_the_same_bytes(tmp_path):
+    """`make world` rebuilds the shipped model bit for bit on one machine: weights and tokenizer, not the timing stats."""
+    cfg = SyntheticWorldConfig(**{**SMALL.__dict__, "n_train": 40, "n_test": 20, "n_testood": 12})
+    docs = build_world(cfg).corpus(0, cfg)
+    tiny = PretrainConfig(vocab_size=300, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, warmup_steps=1)
+    for out in ("a", "b"):
+        pretrain(docs, tiny, tmp_path / out)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert "model.safetensors" in names and names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert all((tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes() for n in names)
+
+
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])
 def test_pretraining_optimizers_cover_every_parameter_once(optimizer):
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
