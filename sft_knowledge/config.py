@@ -137,8 +137,8 @@ class ProbeConfig:
     seed: int = 0
     backend: str = "hf"  # sampling on: hf (batched decoding here) | vllm (vLLM's engine, GPU nodes)
     # all: the first n_map of each relation's 21 mapping templates | paper_only: only those recovered from the paper
-    # (App. F.2; 10-21 per relation, the other 104 of 504 were written anew), at most n_map, all a relation has where
-    # it has fewer. EntityQuestions only; the pre-screen (data.subset) reads the same facts either way
+    # (App. F.2; 10-21 per relation, the other 103 of 504 were written anew), at most n_map, all a relation has where
+    # it has fewer. EntityQuestions only. The pre-screen (data.subset) is the same either way: both probe the same facts
     templates: str = "all"
     top_p: float = 1.0  # nucleus sampling while probing (the paper does not say; 1.0: plain sampling)
 

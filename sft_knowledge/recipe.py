@@ -80,7 +80,8 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
         n_train_facts=len(train_facts), acc=judged.acc, acc_train=judged.acc_train, kl_level=cfg.kl.level, kl=kl,
         kl_missing=None if kl is not None else missing_reason(cfg.kl.level, kl_ref.answer_filter),
         kl_filter=kl_ref.answer_filter.record(), kl_curve=tuned.log.events, restore=restore, restore_blocks=blocks,
-        update_share=update_share, base_zeros=exact_zeros(tuned.base_state, tuned.state), train_loss=tuned.log.loss, sft_resumed_at=tuned.log.resumed_at,
+        update_share=update_share, base_zeros=exact_zeros(tuned.base_state, tuned.state), train_loss=tuned.log.loss,
+        sft_resumed_at=tuned.log.resumed_at,
         cache_hits={"base_model": base.hit, **data.hits, "probe": mastery.hit, "sft": tuned.hit}, timings=timer.seconds)
 
 

@@ -52,7 +52,8 @@ def run_summary(r: RunResult) -> str:
         lines.append("  restoration: skipped on request (restore.ratios=[])")
     zeros = {region: z for region, z in r.base_zeros.items() if z["zeros"]}
     if zeros:
-        lines.append("  base scalars exactly 0 (scored |change| / restore.eps when SFT moves them): " + ", ".join(
+        rule = config.get("restore", {}).get("zeros", "guarded")  # in the semantic config only away from its default
+        lines.append(f"  base scalars exactly 0 (restore.zeros={rule}; docs/choices.md): " + ", ".join(
             f"{region} {z['zeros']:,} of {z['scalars']:,}" for region, z in zeros.items()))
     for b in r.restore_blocks:
         lines.append(f"  restore layers {b.layers[0]}-{b.layers[1]}: acc_test {_f(b.accuracy('test'), 0)}, acc_testood {_f(b.accuracy('testood'), 0)}")

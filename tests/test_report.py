@@ -458,5 +458,7 @@ def test_the_quantised_model_is_named_as_such_and_summaries_show_templates_and_e
     r.base_zeros = {"transformer": {"zeros": 33483, "scalars": 106168320}, "attention": {"zeros": 0, "scalars": 10}}
     text = run_summary(r)
     assert "  (probed with the paper's recovered mapping templates only: 10-21 per relation)" in text
-    assert "base scalars exactly 0 (scored |change| / restore.eps when SFT moves them): transformer 33,483 of 106,168,320" \
-        in text and "attention" not in text
+    assert "base scalars exactly 0 (restore.zeros=guarded; docs/choices.md): transformer 33,483 of 106,168,320" in text
+    assert "attention" not in text
+    r.config["restore"]["zeros"] = "unranked"
+    assert "base scalars exactly 0 (restore.zeros=unranked; docs/choices.md): transformer 33,483" in run_summary(r)
