@@ -19,7 +19,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from .cache import digest
-from .data.facts import LEVELS, MAPPING_TEMPLATES
+from .data.facts import LEVELS, MAPPING_TEMPLATES, TEMPLATE_SETS
 from .errors import ConfigError, ModelError
 
 PAPER_SIZES = (60, 240, 1920)  # the data scales the paper names (§3.4), besides "all"
@@ -30,6 +30,7 @@ PRECISIONS = ("fp32_master", "pure")
 ESTIMATORS = ("sampling", "likelihood")
 BACKENDS = ("hf", "vllm")
 STRATEGIES = ("top", "bottom", "random")  # restoration: which scalars
+ZEROS = ("guarded", "unranked")  # restoration: how a base scalar of exactly 0 is scored
 REGIONS = ("transformer", "attention", "mlp", "embedding", "all")
 SCOPES = ("global", "per_tensor", "per_layer")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -136,6 +137,11 @@ class ProbeConfig:
     batch_size: int = 512
     seed: int = 0
     backend: str = "hf"  # sampling on: hf (batched decoding here) | vllm (vLLM's engine, GPU nodes)
+    # all: the first n_map of each relation's 21 mapping templates | paper_only: only those recovered from the paper
+    # (App. F.2; 10-21 per relation, the other 103 of 504 were written anew), at most n_map, all a relation has where
+    # it has fewer. EntityQuestions only. The pre-screen (data.subset) is the same either way: both probe the same facts
+    templates: str = "all"
+    top_p: float = 1.0  # nucleus sampling while probing (the paper does not say; 1.0: plain sampling)
 
 
 @dataclass
@@ -213,6 +219,10 @@ class RestoreConfig:
     layer_block_size: int = 0  # >0: also restore whole blocks of this many layers (paper Table 11)
     seed: int = 32  # random strategy's seed (ParamRestore's default)
     scope: str = "global"  # global (the paper's: k% of the whole region) | per_tensor | per_layer (k% of each)
+    eps: float = 1e-8  # the relative change's guard, |ft - base| / (|base| + eps) (ParamRestore's; the paper gives none)
+    # A base scalar of exactly 0 (a quantised model has many, docs/choices.md): guarded, scored |ft - base| / eps like
+    # any other (ParamRestore) | unranked, scored 0 (unchanged): its relative change is undefined, not huge
+    zeros: str = "guarded"
     # Ratios (each also in `ratios`) whose restored model is saved as a Hugging Face directory in the run directory,
     # <run_dir>/restored-<ratio>/ (export.py). Not in the run key: the files are a by-product, no result changes.
     export: list[float] = field(default_factory=list)
@@ -280,7 +290,8 @@ NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.e
 # Options added after run and cache keys were in use, with the value that means "as before": at that value they are
 # left out of every key (Dora's rule for new parameters), so adding an option redoes no finished run or SFT.
 ADDED_LATER = {"train.group_by_length": False, "model.pretrain.optimizer": "adamw", "train.space_before_eos": False,
-               "kl.position": "first_token"}
+               "kl.position": "first_token", "probe.templates": "all", "probe.top_p": 1.0, "restore.eps": 1e-8,
+               "restore.zeros": "guarded"}
 
 
 def semantic(cfg: Config) -> dict[str, Any]:
@@ -353,6 +364,14 @@ def validate(cfg: Config) -> None:
     for key, n_map in (("probe.n_map", cfg.probe.n_map), ("data.subset.n_map", cfg.data.subset.n_map)):
         _check(0 < n_map <= MAPPING_TEMPLATES, key, n_map, f"1..{MAPPING_TEMPLATES} (each relation has {MAPPING_TEMPLATES} mapping templates)")
     _check(cfg.probe.temperature > 0, "probe.temperature", cfg.probe.temperature, "a number > 0")
+    _check(cfg.probe.templates in TEMPLATE_SETS, "probe.templates", cfg.probe.templates, ", ".join(TEMPLATE_SETS))
+    if cfg.probe.templates != "all" and cfg.data.name != "entityquestions":
+        raise ConfigError(f"probe.templates={cfg.probe.templates} selects the paper's EntityQuestions templates; "
+                          f"data={cfg.data.name} has its own: use probe.templates=all")
+    _check(0 < cfg.probe.top_p <= 1, "probe.top_p", cfg.probe.top_p, "a fraction in (0, 1] (1: plain sampling)")
+    if cfg.probe.top_p != 1 and cfg.probe.estimator != "sampling":
+        raise ConfigError(f"probe.top_p={cfg.probe.top_p:g} filters sampling; probe.estimator={cfg.probe.estimator} "
+                          f"does not sample: use probe.estimator=sampling, or probe.top_p=1")
     _check(cfg.train.method in METHODS, "train.method", cfg.train.method, ", ".join(METHODS))
     _check(cfg.train.lora_rank > 0, "train.lora_rank", cfg.train.lora_rank, "a positive integer")
     _check(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, ", ".join(PRECISIONS))
@@ -381,6 +400,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.restore.strategy in STRATEGIES, "restore.strategy", cfg.restore.strategy, ", ".join(STRATEGIES))
     _check(cfg.restore.region in REGIONS, "restore.region", cfg.restore.region, ", ".join(REGIONS))
     _check(cfg.restore.scope in SCOPES, "restore.scope", cfg.restore.scope, ", ".join(SCOPES))
+    _check(cfg.restore.zeros in ZEROS, "restore.zeros", cfg.restore.zeros, ", ".join(ZEROS))
+    _check(0 <= cfg.restore.eps < math.inf and (cfg.restore.eps > 0 or cfg.restore.zeros == "unranked"), "restore.eps",
+           cfg.restore.eps, "a number > 0 (0 only with restore.zeros=unranked: a zero base scalar would divide by 0)")
     for r in cfg.restore.export:
         _check(r in cfg.restore.ratios, "restore.export", r,
                f"ratios that restore.ratios also lists ({', '.join(f'{x:g}' for x in cfg.restore.ratios)})")

@@ -98,6 +98,14 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p filtering (Holtzman et al., 2020): zero every token outside the smallest most-likely-first set whose
+    probability reaches top_p. The most likely token always stays; what is left needs no renormalising for multinomial."""
+    ranked, order = probs.sort(-1, descending=True)
+    outside = ranked.cumsum(-1) - ranked >= top_p  # the tokens before it already reach top_p
+    return probs.scatter(-1, order, ranked.masked_fill(outside, 0.0))
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -109,11 +117,12 @@ def generate(
     seed: int = 0,
     desc: str | None = None,
     n_samples: int = 1,
+    top_p: float = 1.0,
 ) -> list[str]:
     """Continue each prompt `n_samples` times (output is prompt-major: all samples of prompt 0 first).
 
-    Greedy when temperature == 0, else plain sampling (no top-p / top-k). The prompt is encoded once
-    and its KV cache shared by its samples; finished sequences leave the batch at once.
+    Greedy when temperature == 0, else sampling, from the top-p nucleus when top_p < 1 (no top-k). The prompt is
+    encoded once and its KV cache shared by its samples; finished sequences leave the batch at once.
     """
     model.eval()
     device = _device(model)
@@ -133,7 +142,8 @@ def generate(
         live = list(range(len(rows)))  # position in `tokens` of each live row
         for _ in range(max_new_tokens):
             if temperature > 0:
-                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen).squeeze(1)
+                probs = torch.softmax(logits / temperature, -1)
+                nxt = torch.multinomial(nucleus(probs, top_p) if top_p < 1 else probs, 1, generator=gen).squeeze(1)
             else:
                 nxt = logits.argmax(-1)
             for row, token in zip(live, nxt.tolist()):

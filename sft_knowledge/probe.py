@@ -10,6 +10,10 @@ means can put exactly half the hits (105 of 210) above 0.5, in D-3.
 probability of producing the answer at that temperature (teacher forcing, one forward pass per
 template). It has no exact zeros, so a fact counts as D-0 below half a hit of the sampling budget.
 
+`templates="paper_only"` probes with only the mapping templates recovered from the paper (App. F.2): a relation
+with fewer than n_map of them uses those it has, so its facts have fewer samples (n_templates x n_sample) and
+their levels are fractions of that budget.
+
 Sampling runs on one of two backends, which only produce the continuations (same prompt tokens,
 `[bos] + encode(prompt)`); hits, R and levels are computed from them here, the same way for both.
 `hf` is decoding.generate; `vllm` is vLLM's engine (GPU nodes, `pip install vllm`), much faster at
@@ -60,13 +64,15 @@ def level_of(rate: float, zero_below: float = 0.0) -> int:
     return next(lv for lv in range(1, 5) if rate <= LEVEL_UPPER[lv])
 
 
-def _prompts(kb: KnowledgeBase, facts: list[Fact], n_map: int) -> list[str]:
-    return [p for f in facts for p in kb.relations[f.relation].mapping_prompts(f.subject, n_map)]
+def templates_used(kb: KnowledgeBase, cfg: ProbeConfig) -> dict[str, int]:
+    """Mapping templates each relation is probed with (results.json: probe_templates)."""
+    return {rid: len(rel.probe_templates(cfg.n_map, cfg.templates)) for rid, rel in kb.relations.items()}
 
 
 def hf_sampler(model, tokenizer, cfg: ProbeConfig) -> Sampler:
     def sample(prompts: list[str], desc: str) -> list[str]:
-        return generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed, desc, cfg.n_sample)
+        return generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed, desc,
+                        cfg.n_sample, cfg.top_p)
     return sample
 
 
@@ -81,7 +87,7 @@ def vllm_sampler(model, tokenizer, cfg: ProbeConfig) -> Sampler:
 
     def sample(prompts: list[str], desc: str) -> list[str]:
         # vLLM seeds the j-th sample of a request with its seed + j: seeds n_sample apart give every sample its own stream.
-        params = [vllm.SamplingParams(n=cfg.n_sample, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
+        params = [vllm.SamplingParams(n=cfg.n_sample, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
                                       seed=cfg.seed + i * cfg.n_sample) for i in range(len(prompts))]
         outputs = llm.generate([{"prompt_token_ids": ids} for ids in encode_prompts(tokenizer, prompts)], params, use_tqdm=bool(desc))
         return [c.text for out in outputs for c in out.outputs]
@@ -89,19 +95,21 @@ def vllm_sampler(model, tokenizer, cfg: ProbeConfig) -> Sampler:
 
 
 def _template_hits(model, tokenizer, kb: KnowledgeBase, facts: list[Fact], cfg: ProbeConfig, sample: Sampler | None,
-                   desc: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """([n_facts, n_map] hit rate of each fact under each template, float64; [n_facts] integer hits out of
-    n_map x n_sample, or None for the likelihood estimator, whose rates are expectations)."""
-    prompts = _prompts(kb, facts, cfg.n_map)
+                   desc: str) -> tuple[list[torch.Tensor], list[int] | None]:
+    """(per fact, the hit rate under each of its templates, float64; per fact, the integer hits out of its
+    templates x n_sample, or None for the likelihood estimator, whose rates are expectations)."""
+    per_fact = [kb.relations[f.relation].mapping_prompts(f.subject, cfg.n_map, cfg.templates) for f in facts]
+    n_templates = [len(p) for p in per_fact]
+    prompts = [p for fact_prompts in per_fact for p in fact_prompts]
     if cfg.estimator == "likelihood":
-        answers = [f.object for f in facts for _ in range(cfg.n_map)]
+        answers = [f.object for f, n in zip(facts, n_templates) for _ in range(n)]
         logp = answer_logprob(model, tokenizer, prompts, answers, cfg.temperature, cfg.batch_size)
-        return logp.double().exp().view(len(facts), cfg.n_map), None
+        return list(logp.double().exp().split(n_templates)), None
     texts = sample(prompts, desc)
-    answers = [kb.answers(f) for f in facts for _ in range(cfg.n_map * cfg.n_sample)]
+    answers = [kb.answers(f) for f, n in zip(facts, n_templates) for _ in range(n * cfg.n_sample)]
     hits = torch.tensor([is_correct(t, a) for t, a in zip(texts, answers, strict=True)], dtype=torch.long)
-    per_template = hits.view(len(facts), cfg.n_map, cfg.n_sample).sum(-1)
-    return per_template.double() / cfg.n_sample, per_template.sum(-1)
+    per_template = hits.view(len(prompts), cfg.n_sample).sum(-1).split(n_templates)
+    return [h.double() / cfg.n_sample for h in per_template], [int(h.sum()) for h in per_template]
 
 
 def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
@@ -112,7 +120,6 @@ def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
     # Built once, before the splits: one vLLM engine serves them all. The likelihood estimator does not sample.
     make_sampler = vllm_sampler if cfg.backend == "vllm" else hf_sampler
     sample = make_sampler(model, tokenizer, cfg) if cfg.estimator == "sampling" else None
-    zero_below = 0.5 / (cfg.n_map * cfg.n_sample) if cfg.estimator == "likelihood" else 0.0
     result = ProbeResult({}, {})
     per_relation: dict[str, list[torch.Tensor]] = {}
     for split in SPLITS:
@@ -121,13 +128,13 @@ def probe(model, tokenizer, kb: KnowledgeBase, cfg: ProbeConfig) -> ProbeResult:
             result.rate[split], result.level[split] = [], []
             continue
         rates, hits = _template_hits(model, tokenizer, kb, facts, cfg, sample, desc=f"probe {split} ({len(facts)} facts)")
+        budgets = [len(r) * cfg.n_sample for r in rates]  # samples per fact: its templates x n_sample
         if hits is None:
-            result.rate[split] = rates.mean(-1).tolist()
-            result.level[split] = [level_of(r, zero_below) for r in result.rate[split]]
+            result.rate[split] = [r.mean().item() for r in rates]
+            result.level[split] = [level_of(r, 0.5 / total) for r, total in zip(result.rate[split], budgets)]
         else:
-            total = cfg.n_map * cfg.n_sample
-            result.rate[split] = (hits.double() / total).tolist()
-            result.level[split] = [level_of_hits(h, total) for h in hits.tolist()]
+            result.rate[split] = [h / total for h, total in zip(hits, budgets)]
+            result.level[split] = [level_of_hits(h, total) for h, total in zip(hits, budgets)]
         for f, row in zip(facts, rates):
             per_relation.setdefault(f.relation, []).append(row)
     result.template_rate = {rel: torch.stack(rows).mean(0).tolist() for rel, rows in per_relation.items()}

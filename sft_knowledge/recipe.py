@@ -35,8 +35,8 @@ from .fsdp import sft_fsdp
 from .kl import AnswerFilter, early_answers, kl_stats, missing_reason, topk_renormalised_kl
 from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, origin, smollm2_spec, tiny_world_spec
 from .prescreen import facts_from_json, facts_to_json, prescreen
-from .probe import ProbeResult, probe
-from .restore import restore_into, restore_layers, select_thresholds
+from .probe import ProbeResult, probe, templates_used
+from .restore import exact_zeros, restore_into, restore_layers, select_thresholds
 from .results import Accuracies, BlockPoint, KLSummary, RestorePoint, RunResult
 from .tracking import Tracker
 from .train import SFTJob, TrainLog, attach_lora, float32_compute, load_lora, merge_lora, sft
@@ -76,10 +76,12 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
         blocks = layer_blocks(cfg, tuned, lambda: judge(cfg, data.kb, tuned, eval_sets, []).acc)
     return RunResult(
         run_key="", config={}, level_counts=mastery.counts, prescreen_counts=data.prescreen_counts,
+        probe_templates={"set": cfg.probe.templates, "per_relation": templates_used(data.kb, cfg.probe)},
         n_train_facts=len(train_facts), acc=judged.acc, acc_train=judged.acc_train, kl_level=cfg.kl.level, kl=kl,
         kl_missing=None if kl is not None else missing_reason(cfg.kl.level, kl_ref.answer_filter),
         kl_filter=kl_ref.answer_filter.record(), kl_curve=tuned.log.events, restore=restore, restore_blocks=blocks,
-        update_share=update_share, train_loss=tuned.log.loss, sft_resumed_at=tuned.log.resumed_at, base_model=base.origin,
+        update_share=update_share, base_zeros=exact_zeros(tuned.base_state, tuned.state), train_loss=tuned.log.loss,
+        sft_resumed_at=tuned.log.resumed_at, base_model=base.origin,
         cache_hits={"base_model": base.hit, **data.hits, "probe": mastery.hit, "sft": tuned.hit}, timings=timer.seconds)
 
 
@@ -185,8 +187,9 @@ class Mastery:
 
 def probe_spec(cfg: Config, data: Data, base: BaseModel) -> dict:
     # The bucket is not in it: one probe serves all buckets. `levels` names the rule that turns hits into levels,
-    # so probes cached under the old float rule (exactly half the hits could land in D-3) are not reused.
-    spec = {"base": base.spec, "probe": asdict(cfg.probe), "levels": "integer hit counts"}
+    # so probes cached under the old float rule (exactly half the hits could land in D-3) are not reused. Probe
+    # options added later enter it only away from their old value (config.ADDED_LATER).
+    spec = {"base": base.spec, "probe": semantic(cfg)["probe"], "levels": "integer hit counts"}
     return spec | ({"data": data.spec} if data.spec is not None else {})
 
 
@@ -393,8 +396,10 @@ def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: J
     r = cfg.restore
     ratios = sorted(set(r.ratios))
     extra = list(UPDATE_SHARE_RATIOS) if r.strategy == "top" and r.scope == "global" else []
-    selections = select_thresholds(tuned.base_state, tuned.state, sorted(set(ratios + extra)), r.region, r.strategy, r.seed, scope=r.scope)
-    top = selections if extra else select_thresholds(tuned.base_state, tuned.state, list(UPDATE_SHARE_RATIOS), r.region, "top", r.seed)
+    selections = select_thresholds(tuned.base_state, tuned.state, sorted(set(ratios + extra)), r.region, r.strategy, r.seed,
+                                   scope=r.scope, eps=r.eps, zeros=r.zeros)
+    top = selections if extra else select_thresholds(tuned.base_state, tuned.state, list(UPDATE_SHARE_RATIOS), r.region, "top",
+                                                     r.seed, eps=r.eps, zeros=r.zeros)
     update_share = {str(ratio): round(100 * top[ratio].change_share, 2) for ratio in UPDATE_SHARE_RATIOS}
     tracker.define_axis("restore/*", "restore/ratio")  # W&B charts restoration against the ratio, not the step
     points = []

@@ -1,6 +1,9 @@
 """Parameter restoration (paper §5): set the fine-tuned scalars that SFT changed most back to their base values.
 
-A scalar's relative change is |ft - base| / |base| (float32). Restoring k% selects the k% of the region's scalars
+A scalar's relative change is |ft - base| / (|base| + eps) (float32; eps 1e-8 as ParamRestore). A base scalar of
+exactly 0 then scores |ft - base| / eps, about 1e3 for an SFT step where others score about 1e-3: a quantised model's
+zeros (SmolLM2's Q4_1) decide the ranking. `zeros="unranked"` scores them 0 instead (their relative change is
+undefined); `exact_zeros` counts them per region for results.json. Restoring k% selects the k% of the region's scalars
 with the highest change. `scope` says among which scalars: `global` (the paper's and ParamRestore's: the whole
 region at once, like torch.topk over the flattened region), `per_tensor` (k% of every matrix) or `per_layer` (k% of
 every decoder layer; a tensor outside the layers is a group of its own), as model-merging tools trim.
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .config import REGIONS, SCOPES, STRATEGIES
+from .config import REGIONS, SCOPES, STRATEGIES, ZEROS
 
 HIGH = 16  # bits of the key resolved by pass 1; pass 2 resolves the other 16
 NBINS = 1 << HIGH
@@ -55,10 +58,13 @@ def in_region(name: str, region: str) -> bool:
     raise ValueError(f"unknown region {region!r}; expected one of {REGIONS}")
 
 
-def relative_change(ft: Tensor, base: Tensor) -> Tensor:
-    """|ft - base| / (|base| + 1e-8) in float32 (in place on fresh copies: the same values as the plain expression)."""
+def relative_change(ft: Tensor, base: Tensor, eps: float = 1e-8, zeros: str = "guarded") -> Tensor:
+    """|ft - base| / (|base| + eps) in float32 (in place on fresh copies: the same values as the plain expression);
+    zeros="unranked": 0 where base is exactly 0."""
     b = base.to(torch.float32, copy=True)
-    return ft.to(torch.float32, copy=True).sub_(b).abs_().div_(b.abs_().add_(1e-8))
+    zero = b == 0 if zeros == "unranked" else None
+    r = ft.to(torch.float32, copy=True).sub_(b).abs_().div_(b.abs_().add_(eps))
+    return r if zero is None else r.masked_fill_(zero, 0.0)
 
 
 @dataclass
@@ -73,6 +79,8 @@ class Selection:
     passes: int  # streaming passes over the region's tensors that found it (shared by all ratios of one call)
     scope: str = "global"  # global | per_tensor | per_layer
     thresholds: dict[str, float] = field(default_factory=dict)  # each tensor's threshold (its group's; nan if none)
+    eps: float = 1e-8  # the relative change's guard and zeros rule it was selected by (restoring scores the same way)
+    zeros: str = "guarded"
 
 
 def _tied(pairs: dict[str, tuple[Tensor, Tensor]]) -> dict[str, str]:
@@ -128,7 +136,18 @@ def _chunk_size(t: Tensor) -> int:
     return CHUNK if t.device.type == "cpu" else 1 << 26  # a GPU wants few, large kernels
 
 
-def _scores(name: str, base: Tensor, ft: Tensor, strategy: str, seed: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+def exact_zeros(base: dict[str, Tensor], ft: dict[str, Tensor]) -> dict[str, dict[str, int]]:
+    """Per region: its scalars of exactly 0 in `base` and all its scalars (tied tensors once)."""
+    counts = {}
+    for n, b in base.items():
+        flat, step = b.reshape(-1), _chunk_size(b)
+        counts[n] = sum(int((flat[s:s + step] == 0).sum()) for s in range(0, flat.numel(), step))
+    return {region: {"zeros": sum(counts[n] for n in names), "scalars": sum(base[n].numel() for n in names)}
+            for region in REGIONS for names in [_region_names(base, ft, region)]}
+
+
+def _scores(name: str, base: Tensor, ft: Tensor, strategy: str, seed: int, eps: float = 1e-8,
+            zeros: str = "guarded") -> Iterator[tuple[int, Tensor, Tensor]]:
     """(offset, float32 score, float32 relative change) of consecutive flat chunks; selection takes the highest scores."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -136,7 +155,7 @@ def _scores(name: str, base: Tensor, ft: Tensor, strategy: str, seed: int) -> It
     rand = _random_scores(name, b.numel(), seed, b.device) if strategy == "random" else None
     step = _chunk_size(b)
     for s in range(0, b.numel(), step):
-        r = relative_change(f[s:s + step], b[s:s + step])
+        r = relative_change(f[s:s + step], b[s:s + step], eps, zeros)
         score = r if strategy == "top" else -r if strategy == "bottom" else rand[s:s + step]
         yield s, score, r
 
@@ -188,7 +207,7 @@ class _Bracket:
     members: tuple[Tensor, Tensor] | None  # random only: (bracket code, change) of the members in flat order
 
 
-def _pass2(name: str, base: Tensor, ft: Tensor, bins: list[int], strategy: str, seed: int) -> _Bracket:
+def _pass2(name: str, base: Tensor, ft: Tensor, bins: list[int], strategy: str, seed: int, eps: float, zeros: str) -> _Bracket:
     dev = base.device
     slot = torch.full((NBINS,), -1, dtype=torch.int32, device=dev)
     slot[torch.tensor(bins, device=dev)] = torch.arange(len(bins), dtype=torch.int32, device=dev)
@@ -196,7 +215,7 @@ def _pass2(name: str, base: Tensor, ft: Tensor, bins: list[int], strategy: str, 
     low_count = torch.zeros(len(bins) * NBINS, dtype=torch.long, device=dev)
     low_change = torch.zeros(len(bins) * NBINS, dtype=torch.float64, device=dev)
     codes, changes = [], []
-    for _, score, r in _scores(name, base, ft, strategy, seed):
+    for _, score, r in _scores(name, base, ft, strategy, seed, eps, zeros):
         key = _ordered_key(score)
         hi = _high(key)
         count += torch.bincount(hi, minlength=NBINS)
@@ -228,10 +247,14 @@ def select_thresholds(
     seed: int = 0,
     *,
     scope: str = "global",
+    eps: float = 1e-8,
+    zeros: str = "guarded",
 ) -> dict[float, Selection]:
     names, _ = _region(base, ft, region)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if zeros not in ZEROS:
+        raise ValueError(f"unknown zeros rule {zeros!r}; expected one of {ZEROS}")
     groups = _groups(names, scope)
     if bad := [ratio for ratio in ratios if not 0 <= ratio <= 100]:
         raise ValueError(f"restore ratio {bad[0]} is outside [0, 100] (it is a percentage)")
@@ -248,7 +271,7 @@ def select_thresholds(
     for n in names:
         c = torch.zeros(NBINS, dtype=torch.long, device=base[n].device)
         w = torch.zeros(NBINS, dtype=torch.float64, device=base[n].device)
-        for _, score, r in _scores(n, base[n], ft[n], strategy, seed):
+        for _, score, r in _scores(n, base[n], ft[n], strategy, seed, eps, zeros):
             hi = _high(_ordered_key(score))
             c += torch.bincount(hi, minlength=NBINS)
             w += torch.bincount(hi, weights=r.double(), minlength=NBINS)
@@ -261,13 +284,13 @@ def select_thresholds(
 
     # Pass 2: per tensor, the scalars above every bracket of its group, and the low bits of those inside.
     bins = {g: sorted({bracket[ratio, g][0] for ratio in ratios if (ratio, g) in bracket}) for g in groups}
-    seen = {n: _pass2(n, base[n], ft[n], bins[group_of[n]], strategy, seed) for n in names if bins[group_of[n]]}
+    seen = {n: _pass2(n, base[n], ft[n], bins[group_of[n]], strategy, seed, eps, zeros) for n in names if bins[group_of[n]]}
     passes += bool(seen)
 
     out = {}
     for ratio in ratios:
         sel = Selection(ratio, sum(ks[ratio].values()), sum(size.values()), math.nan, dict.fromkeys(names, 0),
-                        dict.fromkeys(names, 0), math.nan, passes, scope, dict.fromkeys(names, math.nan))
+                        dict.fromkeys(names, 0), math.nan, passes, scope, dict.fromkeys(names, math.nan), eps, zeros)
         selected = 0.0
         for g, members in groups.items():
             if (ratio, g) in bracket:
@@ -319,7 +342,7 @@ def _restore_tensor(name: str, base: Tensor, ft: Tensor, sel: Selection, strateg
     b, f, o = base.reshape(-1).to(ft.dtype), ft.reshape(-1), out.view(-1)
     direct = o.device == f.device and o.dtype == f.dtype  # else each chunk is copied across (weight_copies=cpu)
     equal_seen = 0
-    for s, score, _ in _scores(name, base, ft, strategy, seed):
+    for s, score, _ in _scores(name, base, ft, strategy, seed, sel.eps, sel.zeros):
         mask = score > threshold
         if ties > equal_seen:  # the first `ties` scalars equal to the threshold, counted across chunks
             eq = score == threshold

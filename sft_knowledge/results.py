@@ -145,6 +145,12 @@ class RunResult:
     timings: dict[str, float]  # seconds per stage
     prescreen_counts: dict[str, list[int]] | None = None  # a pre-screened subset's likelihood levels (data.subset)
     base_model: str | None = None  # where tiny_world's model came from: shipped, or pretrained here (and how long)
+    # The probe's mapping templates: {"set": all | paper_only, "per_relation": templates probed per relation};
+    # empty in results written before it was recorded (they all used "all")
+    probe_templates: dict[str, Any] = field(default_factory=dict)
+    # Per restoration region, its base scalars of exactly 0 and all its scalars ({"zeros", "scalars"}): each such
+    # scalar that SFT moves scores |change| / restore.eps, so a few of them can fill the top of the ranking
+    base_zeros: dict[str, dict[str, int]] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)  # the command line's overrides
     provenance: dict[str, Any] = field(default_factory=dict)  # code version, packages, machine
     # Whether the run reached W&B: {"mode": logger.mode, "wandb": "on" | "off", "reason": why off} (tracking.Tracker);
@@ -164,11 +170,12 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         kl = asdict(self.kl) if self.kl is not None else {"missing": self.kl_missing}
         head = {k: getattr(self, k) for k in ("run_key", "config", "overrides", "provenance", "tracking", "base_model",
-                                               "level_counts", "prescreen_counts", "n_train_facts")}
+                                               "level_counts", "probe_templates", "prescreen_counts", "n_train_facts")}
         return head | _acc_to_json(self.acc) | {
             "acc_train": self.acc_train, "kl_level": self.kl_level, "kl": kl, "kl_filter": self.kl_filter,
             "kl_curve": self.kl_curve, "restore": [p.to_json() for p in self.restore],
             "restore_blocks": [b.to_json() for b in self.restore_blocks], "update_share": self.update_share,
+            "base_zeros": self.base_zeros,
             "train_loss": self.train_loss, "sft_resumed_at": self.sft_resumed_at, "cache_hits": self.cache_hits,
             "timings": self.timings,
         }

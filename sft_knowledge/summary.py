@@ -33,6 +33,9 @@ def run_summary(r: RunResult) -> str:
     if r.base_model:
         lines.append(f"  base model: {r.base_model}")
     lines += _level_counts(r.level_counts)
+    if r.probe_templates.get("set", "all") != "all":
+        n = r.probe_templates["per_relation"].values()
+        lines.append(f"  (probed with the paper's recovered mapping templates only: {min(n)}-{max(n)} per relation)")
     if r.prescreen_counts:
         lines.append("  (probed a pre-screened subset; likelihood levels of the candidates: "
                      + "; ".join(f"{s} {'/'.join(map(str, c))}" for s, c in r.prescreen_counts.items()) + ")")
@@ -49,6 +52,11 @@ def run_summary(r: RunResult) -> str:
         lines += [f"  restored model saved ({p.ratio:g}%): {p.export_dir}" for p in r.restore if p.export_dir]
     else:
         lines.append("  restoration: skipped on request (restore.ratios=[])")
+    zeros = {region: z for region, z in r.base_zeros.items() if z["zeros"]}
+    if zeros:
+        rule = config.get("restore", {}).get("zeros", "guarded")  # in the semantic config only away from its default
+        lines.append(f"  base scalars exactly 0 (restore.zeros={rule}; docs/choices.md): " + ", ".join(
+            f"{region} {z['zeros']:,} of {z['scalars']:,}" for region, z in zeros.items()))
     for b in r.restore_blocks:
         lines.append(f"  restore layers {b.layers[0]}-{b.layers[1]}: acc_test {_f(b.accuracy('test'), 0)}, acc_testood {_f(b.accuracy('testood'), 0)}")
     lines.append("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in r.timings.items()))

@@ -32,6 +32,9 @@ CONFIG_ERRORS = [
     ("train.lr=-1", "error: train.lr=-1 is not allowed"),
     ("train.warmup_ratio=1.5", "error: train.warmup_ratio=1.5 is not allowed"),
     ("probe.n_map=22", "error: probe.n_map=22 is not allowed: expected 1..21"),
+    ("probe.templates=paper_only", "error: probe.templates=paper_only selects the paper's EntityQuestions templates; "
+     "data=synthetic has its own: use probe.templates=all"),
+    ("probe.top_p=1.5", "error: probe.top_p=1.5 is not allowed: expected a fraction in (0, 1] (1: plain sampling)"),
     ("restore.ratios=[0,150]", "error: restore.ratios=150 is not allowed: expected percentages in [0, 100]"),
     ("model=llama3_8b model.path={empty}", "error: model.path={empty} holds no config.json"),
     ("model=llama3_8b model.path={broken}", "error: model.path={broken}: config.json cannot be read"),

@@ -62,6 +62,16 @@ def test_mastery_option_selects_bucket(compose):
         ("model.dtype=int4", "model.dtype='int4' is not allowed: expected float32, bfloat16, float16"),
         ("model.pretrain.optimizer=sgd", "model.pretrain.optimizer='sgd' is not allowed: expected adamw, muon"),
         ("data=entityquestions data.subset.candidates=0", "data.subset.candidates=0 is not allowed"),
+        ("data=entityquestions probe.templates=paper", "probe.templates='paper' is not allowed: expected all, paper_only"),
+        ("probe.templates=paper_only", "probe.templates=paper_only selects the paper's EntityQuestions templates; data=synthetic "
+         "has its own: use probe.templates=all"),
+        ("probe.top_p=0", "probe.top_p=0 is not allowed: expected a fraction in (0, 1] (1: plain sampling)"),
+        ("probe.top_p=1.5", "probe.top_p=1.5 is not allowed: expected a fraction in (0, 1]"),
+        ("probe=likelihood probe.top_p=0.9", "probe.top_p=0.9 filters sampling; probe.estimator=likelihood does not sample: "
+         "use probe.estimator=sampling, or probe.top_p=1"),
+        ("restore.zeros=skip", "restore.zeros='skip' is not allowed: expected guarded, unranked"),
+        ("restore.eps=0", "restore.eps=0 is not allowed: expected a number > 0 (0 only with restore.zeros=unranked"),
+        ("restore.eps=-1e-8 restore.zeros=unranked", "restore.eps=-1e-08 is not allowed"),
     ],
 )
 def test_bad_values_are_one_line_errors(compose, override, message):
@@ -155,3 +165,26 @@ def test_paper_preset_turns_on_every_measurement_and_its_lora_run_trains_adapter
     table11 = compose("experiment=table11", "mastery=d3")
     assert (table11.restore.layer_block_size, table11.data.size, table11.mastery.bucket) == (4, 240, "d3")
     assert compose("experiment=figure2", "data.size=all").data.size == "all"
+
+
+def test_probe_and_restore_options_added_later_keep_every_key_at_their_old_value(compose):
+    """probe.templates, probe.top_p, restore.eps and restore.zeros enter run and probe keys only away from their
+    defaults: the keys below are those of the code before the options existed."""
+    from sft_knowledge.recipe import BaseModel, Data, probe_spec
+
+    assert run_key(compose("experiment=smoke")) == "tiny_world-all-60-fb7982908aaf"
+    assert run_key(compose("experiment=eq_smollm2_small")) == "smollm2_135m-all-40-45833c121859"
+    assert run_key(compose("experiment=smoke", "restore.eps=1e-8", "restore.zeros=guarded", "probe.top_p=1.0")) == \
+        "tiny_world-all-60-fb7982908aaf"
+    eq = compose("experiment=eq_smollm2_small")
+    spec = probe_spec(eq, Data(None, None, {"name": "entityquestions"}), BaseModel("", {"source": "smollm2_gguf"}, None, None, True))
+    assert spec["probe"] == {"n_map": 4, "n_sample": 4, "temperature": 0.7, "max_new_tokens": 8, "estimator": "sampling",
+                             "batch_size": 512, "seed": 0, "backend": "hf"}  # the probe's cache key as it always was
+    paper = compose("experiment=eq_smollm2_small", "probe.templates=paper_only")
+    validate(paper)
+    assert paper.probe.templates == "paper_only" and eq.probe.templates == "all"
+    assert probe_spec(paper, Data(None, None, {}), BaseModel("", {}, None, None, True))["probe"]["templates"] == "paper_only"
+    for override in ("probe.templates=paper_only", "probe.top_p=0.9", "restore.eps=1e-6", "restore.zeros=unranked"):
+        other = compose("experiment=eq_smollm2_small", override)
+        validate(other)
+        assert run_key(other) != run_key(eq), override

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sft_knowledge.decoding import answer_logprob, encode_prompts, generate, next_token_logits, qa_prompt
+from sft_knowledge.decoding import answer_logprob, encode_prompts, generate, next_token_logits, nucleus, qa_prompt
 from sft_knowledge.pretrain import train_tokenizer
 
 DOCS = [f"The capital of Land{i} is City{i % 7}. Question: Where was Person{i} born? Answer: Town{i % 5}." for i in range(200)]
@@ -82,3 +82,22 @@ def test_shared_prompt_samples_are_prompt_major_and_greedy_identical(lm):
     assert greedy == [g for g in generate(model, tok, PROMPTS, 6) for _ in range(3)]
     sampled = generate(model, tok, PROMPTS, 5, temperature=1.0, seed=0, n_samples=4)
     assert len(sampled) == 4 * len(PROMPTS) and len(set(sampled)) > len(PROMPTS)
+
+
+def test_nucleus_keeps_the_smallest_most_likely_set_reaching_top_p():
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
+    for top_p, kept in ((0.75, [0, 1, 0, 1]), (0.4, [0, 1, 0, 0]), (0.9, [0, 1, 1, 1])):  # 0.5 + 0.3 reach 0.75, ...
+        assert torch.equal(nucleus(probs, top_p), probs * torch.tensor([kept])), top_p  # the kept ones unchanged
+    gen = torch.Generator().manual_seed(0)
+    drawn = torch.multinomial(nucleus(probs.expand(2000, 4), 0.75), 1, generator=gen).unique().tolist()
+    assert drawn == [1, 3]  # never a token outside the nucleus
+
+
+def test_top_p_changes_sampling_and_a_tiny_nucleus_is_greedy(lm):
+    model, tok = lm
+    prompts = PROMPTS * 8
+    greedy = generate(model, tok, prompts, 5)
+    plain = generate(model, tok, prompts, 5, temperature=1.0, seed=1)
+    assert plain == generate(model, tok, prompts, 5, temperature=1.0, seed=1, top_p=1.0)  # 1.0 is plain sampling
+    assert plain != greedy  # a random model's samples wander off the greedy path
+    assert generate(model, tok, prompts, 5, temperature=1.0, seed=1, top_p=1e-6) == greedy  # only the top token is left

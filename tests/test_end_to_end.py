@@ -28,6 +28,9 @@ def test_run_writes_every_result_field_and_reuses_the_cache(cli, smoke_cache, tm
     assert r["restore"][0]["acc_test"] == r["acc_test"] and r["restore"][0]["n_restored"] == 0
     assert r["restore"][0]["acc_train"] == r["acc_train"] and all(0 <= x["acc_train"] <= 100 for x in r["restore"])
     assert set(r["update_share"]) == {"1", "3", "5", "10", "20", "40", "60"}
+    assert set(r["base_zeros"]) == {"transformer", "attention", "mlp", "embedding", "all"}
+    assert r["base_zeros"]["transformer"]["scalars"] == r["restore"][0]["n_region"]
+    assert r["probe_templates"]["set"] == "all" and set(r["probe_templates"]["per_relation"].values()) == {3}
     assert 0 < r["update_share"]["1"] < r["update_share"]["20"] < r["update_share"]["60"] <= 100
     assert r["kl_level"] == 4 and r["kl"]["mean"] >= 0 and len(r["kl_curve"]) == 3
     # The KL's facts: D_test-4's whose answer begins within the base model's first 3 greedy tokens (the default).

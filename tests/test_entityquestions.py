@@ -204,3 +204,26 @@ def test_no_network_says_where_to_put_the_files(tmp_path, no_local_copy):
 
 def test_the_pinned_checksum_is_that_of_the_full_copy():
     assert eq.content_sha256(_real_root()) == ARCHIVE_SHA256
+
+
+# The paper's recovered templates per relation (App. F.2 as extracted), counted by hand from the JSON: 401 of 504.
+PAPER_TEMPLATES = {"P69": 10, "P176": 11, "P17": 12, "P106": 12, "P800": 13, "P36": 15, "P26": 15, "P40": 15, "P127": 16,
+                   "P112": 17, "P175": 17, "P20": 18, "P276": 18, "P495": 18, "P264": 18, "P19": 19, "P159": 19,
+                   "P413": 19, "P50": 19, "P407": 19, "P131": 20, "P740": 20, "P170": 20, "P136": 21}
+
+
+def test_paper_only_probes_each_relations_recovered_templates_at_most_n_map():
+    rels = eq.relations()
+    table = json.loads(eq.TEMPLATES_FILE.read_text())["relations"]
+    assert {rid: r.n_paper for rid, r in rels.items()} == PAPER_TEMPLATES and sum(PAPER_TEMPLATES.values()) == 401
+    for rid, r in rels.items():
+        paper = tuple(t["template"] for t in table[rid]["mapping_templates"] if t["paper"])
+        assert r.probe_templates(21, "paper_only") == paper  # every recovered one, none written anew
+        assert r.probe_templates(21) == r.mapping_templates and len(r.probe_templates(21)) == 21
+        assert r.probe_templates(4, "paper_only") == r.probe_templates(4) == paper[:4]  # the first 4 are the paper's
+    # n_map between the smallest and the largest count: a relation with fewer uses the ones it has
+    assert {rid: len(r.probe_templates(15, "paper_only")) for rid, r in rels.items()} == {
+        rid: min(15, n) for rid, n in PAPER_TEMPLATES.items()}
+    assert len(rels["P69"].probe_templates(15, "paper_only")) == 10 and len(rels["P19"].probe_templates(15, "paper_only")) == 15
+    p69 = [t["template"].format(subject="Ada") for t in table["P69"]["mapping_templates"] if t["paper"]]
+    assert rels["P69"].mapping_prompts("Ada", 21, "paper_only") == p69 and len(rels["P69"].mapping_prompts("Ada", 21)) == 21

@@ -44,6 +44,10 @@ def test_smollm2_on_entityquestions_end_to_end(eq_run):
         reason = f"none of the {counts['test'][4]} D_test-4 facts" if counts["test"][4] else "D_test-4 holds no facts"
         assert r["kl"]["missing"].startswith(reason) and "mean" not in r["kl"]
     assert "KL" in proc.stdout and "pre-screened subset" in proc.stdout
+    # The PyPI model is Q4_1-quantised: its grid leaves exact zeros, counted in every run (deterministic dequantisation)
+    assert r["base_zeros"]["transformer"] == {"zeros": 33483, "scalars": 106168320}
+    assert "base scalars exactly 0 (restore.zeros=guarded; docs/choices.md): transformer 33,483 of 106,168,320" in proc.stdout
+    assert r["probe_templates"] == {"set": "all", "per_relation": dict.fromkeys(eq.IN_DOMAIN + eq.OUT_OF_DOMAIN, 3)}
 
 
 def test_training_on_a_too_small_level_is_one_line_with_every_level_count(cli, eq_run):

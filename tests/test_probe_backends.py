@@ -66,11 +66,12 @@ def fake_vllm(script: dict[str, list[str]]) -> types.ModuleType:
     """A `vllm` module: LLM(model, *, dtype, seed, ...).generate(prompts, sampling_params, *, use_tqdm) -> RequestOutputs."""
     module = types.ModuleType("vllm")
     module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # what find_spec sees of an installed package
-    module.engines = []
+    module.engines, module.params = [], []
 
     class SamplingParams:
-        def __init__(self, n=1, temperature=1.0, max_tokens=16, seed=None, **kwargs):
-            self.n, self.temperature, self.max_tokens, self.seed = n, temperature, max_tokens, seed
+        def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None, **kwargs):
+            self.n, self.temperature, self.top_p, self.max_tokens, self.seed = n, temperature, top_p, max_tokens, seed
+            module.params.append(self)
 
     class LLM:
         def __init__(self, model, *, dtype="auto", seed=None, gpu_memory_utilization=0.9, **kwargs):
@@ -98,8 +99,8 @@ def test_vllm_and_hf_backends_give_the_hand_computed_levels_from_the_same_texts(
     script = _script()
     cfg = ProbeConfig(n_map=2, n_sample=4, seed=3)
 
-    def fake_generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed, desc, n_samples):
-        assert n_samples == 4 and seed == 3
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed, desc, n_samples, top_p):
+        assert n_samples == 4 and seed == 3 and top_p == 1.0
         return [t for p in prompts for t in script[p]]
 
     monkeypatch.setattr(probe_module, "generate", fake_generate)
@@ -206,3 +207,37 @@ def test_levels_at_the_quarter_boundaries_through_the_probe(monkeypatch, n_map, 
     # the per-template rates average to R
     assert result.template_rate["P19"] == pytest.approx(
         [sum(_spread(h, n_map, n_sample)[j] for h, _ in hits_and_levels) / n_sample / len(hits_and_levels) for j in range(n_map)])
+
+
+def test_top_p_reaches_both_samplers(monkeypatch):
+    seen = []
+    monkeypatch.setattr(probe_module, "generate", lambda *args: seen.append(args[-1]) or [t for p in args[2] for t in _script()[p]])
+    probe(MODEL, CharTokenizer(), _kb(), ProbeConfig(n_map=2, n_sample=4, top_p=0.9))
+    assert seen == [0.9, 0.9]  # generate's top_p, for train and test
+    vllm = fake_vllm(_script())
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    probe(MODEL, CharTokenizer(), _kb(), ProbeConfig(n_map=2, n_sample=4, top_p=0.9, backend="vllm"))
+    assert {p.top_p for p in vllm.params} == {0.9} and len(vllm.params) == 14  # every request: 7 facts x 2 templates
+
+
+def test_paper_only_probes_fewer_templates_and_grades_facts_out_of_their_own_budget(monkeypatch):
+    """Relation A has 2 paper templates of 3, relation B all 3. A fact of A hit only by its new third template is D-2
+    with every template (4 of 12 samples) and D-0 with the paper's (0 of 8); B's facts are graded the same both ways."""
+    templates = tuple(f"{{subject}} template {j} says" for j in range(3))
+    rels = {"A": Relation("A", "Q [X]?", templates, True, n_paper=2), "B": Relation("B", "Q [X]?", templates, True, n_paper=3)}
+    rows = [("a1", "A", "0000", "0000", "1111"), ("a2", "A", "1100", "0000", "1111"), ("b1", "B", "1111", "1000", "0000")]
+    facts = [Fact(subj, rel, "Paris", "Q?") for subj, rel, *_ in rows]
+    script = {t.format(subject=subj): [" Paris" if c == "1" else " Rome" for c in pattern]
+              for subj, _, *patterns in rows for t, pattern in zip(templates, patterns)}
+    asked = []
+    monkeypatch.setattr(probe_module, "generate", lambda model, tok, prompts, *args: asked.extend(prompts) or [t for p in prompts for t in script[p]])
+    kb = KnowledgeBase(rels, {"train": facts, "test": [], "testood": []})
+    every = probe(MODEL, CharTokenizer(), kb, ProbeConfig(n_map=3, n_sample=4))
+    assert every.rate["train"] == [4 / 12, 6 / 12, 5 / 12] and every.level["train"] == [2, 2, 2] and len(asked) == 9
+    asked.clear()
+    paper = probe(MODEL, CharTokenizer(), kb, ProbeConfig(n_map=3, n_sample=4, templates="paper_only"))
+    assert paper.rate["train"] == [0.0, 2 / 8, 5 / 12] and paper.level["train"] == [0, 1, 2]
+    assert asked == [t.format(subject=s) for s, n in (("a1", 2), ("a2", 2), ("b1", 3)) for t in templates[:n]]
+    assert paper.template_rate == {"A": [0.25, 0.0], "B": [1.0, 0.25, 0.0]} and paper.best_template("A") == 0
+    assert probe_module.templates_used(kb, ProbeConfig(n_map=3, templates="paper_only")) == {"A": 2, "B": 3}
+    assert probe_module.templates_used(kb, ProbeConfig(n_map=3)) == {"A": 3, "B": 3}

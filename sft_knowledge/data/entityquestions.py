@@ -49,7 +49,8 @@ def clean(text: str) -> str:
 
 def relations() -> dict[str, Relation]:
     table = json.loads(TEMPLATES_FILE.read_text())["relations"]
-    return {rid: Relation(rid, r["question_template"], tuple(t["template"] for t in r["mapping_templates"]), rid in IN_DOMAIN)
+    return {rid: Relation(rid, r["question_template"], tuple(t["template"] for t in r["mapping_templates"]), rid in IN_DOMAIN,
+                          n_paper=sum(t["paper"] for t in r["mapping_templates"]))
             for rid, r in table.items()}
 
 

@@ -15,7 +15,8 @@ LEVELS = (0, 1, 2, 3, 4)  # mastery levels D-0..D-4
 SPLITS = ("train", "test", "testood")
 EVAL_SPLITS = ("test", "testood")  # what the fine-tuned model is judged on: in-domain and out-of-domain
 LEVEL_NAMES = tuple(f"D-{lv}" for lv in LEVELS)
-MAPPING_TEMPLATES = 21  # per relation, in both datasets (paper App. F.2); mastery.n_map takes the first n
+MAPPING_TEMPLATES = 21  # per relation, in both datasets (paper App. F.2); probe.n_map takes the first n
+TEMPLATE_SETS = ("all", "paper_only")  # probe.templates: every mapping template, or only the paper's own
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,18 @@ class Relation:
     question_template: str  # EntityQuestions style, subject slot "[X]"
     mapping_templates: tuple[str, ...]  # sentence prefixes, subject slot "{subject}"
     in_domain: bool
+    n_paper: int = 0  # how many of mapping_templates, the first ones, are the paper's own (EntityQuestions)
 
     def question(self, subject: str) -> str:
         return self.question_template.replace("[X]", subject)
 
-    def mapping_prompts(self, subject: str, n_map: int) -> list[str]:
-        return [t.format(subject=subject) for t in self.mapping_templates[:n_map]]
+    def probe_templates(self, n_map: int, which: str = "all") -> tuple[str, ...]:
+        """The first n_map mapping templates; `paper_only`: the first n_map of the paper's own (they come first),
+        all of them where the relation has fewer."""
+        return self.mapping_templates[: min(n_map, self.n_paper) if which == "paper_only" else n_map]
+
+    def mapping_prompts(self, subject: str, n_map: int, which: str = "all") -> list[str]:
+        return [t.format(subject=subject) for t in self.probe_templates(n_map, which)]
 
 
 @dataclass(frozen=True)

