@@ -28,7 +28,7 @@ run: install ## The main job: the paper's grid at toy scale (sizes 60/240/1,920 
 	$(PY) -m sft_knowledge.run experiment=toy_grid
 
 world: install ## Pretrain the default world's model from scratch (~20 min on 2 cores), ship it in sft_knowledge/worlds/, print its levels
-	$(PY) -m sft_knowledge.shipped
+	$(PY) -m sft_knowledge.rebuild_world
 
 smoke: install ## One small end-to-end run (under a minute once cached)
 	$(PY) -m sft_knowledge.run experiment=smoke

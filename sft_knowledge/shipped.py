@@ -4,16 +4,13 @@ The paper downloads its base models; this project ships the embedded world's, fo
 takes about 20 minutes on 2 CPU cores, and its floats (so its level counts) differ from CPU to CPU. When a run's
 base-model spec equals the shipped spec, its cache entry is filled from the files in `worlds/tiny_world/` after
 each is checked against `SHA256SUMS`; any other world, seed or pretraining setting is pretrained as before.
-
-    python -m sft_knowledge.shipped      # `make world`: pretrain the default world from scratch, write the files
-                                         # here, probe the model as `make run` does and print its level counts
+`make world` (sft_knowledge/rebuild_world.py) writes them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import ModelError
@@ -69,35 +66,3 @@ def write_shipped(model_dir: Path, spec: dict, out: Path = SHIPPED_DIR) -> None:
         shutil.copyfile(model_dir / name, out / name)
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
     (out / HASHES_FILE).write_text("".join(f"{_sha256(out / n)}  {n}\n" for n in [*names, SPEC_FILE]))
-
-
-def main() -> None:
-    """`make world`: pretrain the default world's model from scratch, ship it, and print its level counts."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from .cache import Cache
-    from .config import register
-    from .models import build_tiny_world, tiny_world_spec
-    from .overrides import CONF_DIR
-    from .recipe import load_base_model, load_data, mastery_levels
-
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # the world and probe `make run` uses
-        cfg = OmegaConf.to_object(compose("config", overrides=["experiment=toy_grid"]))
-    spec = tiny_world_spec(cfg.model.pretrain, cfg.data.world)
-    with tempfile.TemporaryDirectory() as scratch:  # a fresh cache: the world is pretrained, never copied
-        cache = Cache(scratch)
-        data = load_data(cfg, cache)
-        path, _ = build_tiny_world(cache, data.world, cfg.model.pretrain, cfg.data.world, use_shipped=False)
-        write_shipped(path, spec)
-        print(f"shipped: {SHIPPED_DIR} ({sum(p.stat().st_size for p in SHIPPED_DIR.iterdir()) / 1e6:.1f} MB)")
-        base = load_base_model(cfg, cache, data)
-        counts = mastery_levels(cfg, cache, data, base).counts
-    print("level counts" + "".join(f"{f'D-{lv}':>8}" for lv in range(5)))
-    for split, c in counts.items():
-        print(f"  {split:<10}" + "".join(f"{n:>8,}" for n in c))
-
-
-if __name__ == "__main__":
-    main()

@@ -169,12 +169,14 @@ def test_paper_preset_turns_on_every_measurement_and_its_lora_run_trains_adapter
 
 def test_probe_and_restore_options_added_later_keep_every_key_at_their_old_value(compose):
     """probe.templates, probe.top_p, restore.eps and restore.zeros enter run and probe keys only away from their
-    defaults: the keys below are those of the code before the options existed."""
+    defaults: the keys below are those of the code before the options existed (with the answer format and the KL
+    reading of that code, whose new defaults change every run key on purpose)."""
     from sft_knowledge.recipe import BaseModel, Data, probe_spec
 
-    assert run_key(compose("experiment=smoke")) == "tiny_world-all-60-fb7982908aaf"
-    assert run_key(compose("experiment=eq_smollm2_small")) == "smollm2_135m-all-40-45833c121859"
-    assert run_key(compose("experiment=smoke", "restore.eps=1e-8", "restore.zeros=guarded", "probe.top_p=1.0")) == \
+    before = ("train.space_before_eos=false", "kl.position=first_token")
+    assert run_key(compose("experiment=smoke", *before)) == "tiny_world-all-60-fb7982908aaf"
+    assert run_key(compose("experiment=eq_smollm2_small", *before)) == "smollm2_135m-all-40-45833c121859"
+    assert run_key(compose("experiment=smoke", *before, "restore.eps=1e-8", "restore.zeros=guarded", "probe.top_p=1.0")) == \
         "tiny_world-all-60-fb7982908aaf"
     eq = compose("experiment=eq_smollm2_small")
     spec = probe_spec(eq, Data(None, None, {"name": "entityquestions"}), BaseModel("", {"source": "smollm2_gguf"}, None, None, True))

@@ -12,10 +12,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sft_knowledge"
 LAYERS = [
     ("foundation", {"", "errors", "data", "data.facts"}),  # "": the package itself
     ("settings and records", {"config", "cache", "results"}),
-    ("shared pieces", {"data.synthetic", "data.entityquestions", "data.sampling", "decoding", "tracking", "provenance"}),
+    ("shared pieces", {"data.synthetic", "data.entityquestions", "data.sampling", "decoding", "tracking", "provenance",
+                       "shipped", "slurm_check"}),
     ("stages", {"pretrain", "models", "probe", "prescreen", "train", "fsdp", "evaluate", "kl", "restore", "export"}),
     ("recipe", {"recipe"}),
-    ("entry points and readers", {"run", "overrides", "sweep", "summary", "status", "report", "report.__main__",
+    ("entry points and readers", {"run", "overrides", "rebuild_world", "sweep", "summary", "status", "report", "report.__main__",
                                   "report.figures", "report.layout", "report.paper", "report.tables", "report.write"}),
 ]
 LAYER_OF = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
