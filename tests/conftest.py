@@ -74,6 +74,17 @@ def smoke_level_counts(smoke_cache) -> dict[str, list[int]]:
     return json.loads(results.read_text())["level_counts"]
 
 
+@pytest.fixture
+def own_signal_handlers():
+    """run.main installs SIGINT/SIGTERM handlers; give pytest its own back."""
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
 @pytest.fixture(scope="session")
 def local_slurm():
     """A real single-node SLURM for this session (launchers/local_slurm.sh), stopped at the end if this

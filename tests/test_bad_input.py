@@ -50,15 +50,6 @@ def model_dirs(tmp_path) -> dict[str, Path]:
     return {"empty": tmp_path / "empty", "broken": tmp_path / "broken", "nowhere": tmp_path / "nowhere"}
 
 
-@pytest.fixture
-def own_signal_handlers():
-    """run.main installs SIGINT/SIGTERM handlers; give pytest its own back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
 @pytest.mark.parametrize("overrides, message", CONFIG_ERRORS, ids=[o for o, _ in CONFIG_ERRORS])
 def test_a_config_error_is_one_line_before_any_stage(overrides, message, model_dirs, tmp_path, monkeypatch, own_signal_handlers):
     from sft_knowledge import run

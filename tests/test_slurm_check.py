@@ -51,17 +51,6 @@ CASES = [  # (fake commands, SBATCH_PARTITION, extra overrides, the error line)
 ]
 
 
-@pytest.fixture
-def own_signal_handlers():
-    """run.main installs SIGINT/SIGTERM handlers; give pytest its own back."""
-    import signal
-
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
 @pytest.mark.parametrize("fakes, partition, extra, message", CASES, ids=["no sbatch", "no srun", "controller down",
                                                                          "controller silent", "unknown SBATCH_PARTITION",
                                                                          "unknown partition in a list", "no default"])
