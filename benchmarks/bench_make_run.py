@@ -2,10 +2,12 @@
 
     python benchmarks/bench_make_run.py [--output-dir DIR]
 
-Cold: an empty output directory, so the world, the tokenizer, pretraining, the probe and all 15 cells
-are computed. Warm: the same command again, which must recompute nothing. The baseline of the
-warm run is the cold run of the same invocation; both are compared with the budget (15 min cold,
-3 min warm, 4 GB peak RSS). Writes benchmarks/results/make_run.json.
+Cold: an empty output directory, so the world, the shipped model's copy into the cache (or, for another world,
+pretraining), the probe and all 15 cells are computed. Warm: the same command again, which must recompute nothing.
+The baseline of the warm run is the cold run of the same invocation; both are compared with issue 29's budget
+(360 s cold, 20 s warm, 4 GB peak RSS). The budget's cold time includes a fresh clone's `make install`, which this
+script does not time (43 s on the project's machine with pip's download cache warm, 2026-12-06).
+Writes benchmarks/results/make_run.json.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sft_knowledge.results import load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET = {"cold": 15 * 60, "warm": 3 * 60}
+BUDGET = {"cold": 360, "warm": 20}
 RSS_BUDGET_GB = 4.0
 
 
