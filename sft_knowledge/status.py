@@ -77,9 +77,11 @@ def _state(job: Job, queue: dict[str, str] | None, submitted: list[str], log: Pa
 def cell_states(sweep_dir: Path) -> list[dict]:
     """One record per planned cell: job number, overrides, state and a detail line."""
     sweep_dir = Path(sweep_dir)
-    queue = slurm_queue()
     jobs = read_jobs(sweep_dir, planned=True)
     folders = [p.name for p in (sweep_dir / ".submitit").glob("*") if p.is_dir()]
+    # SLURM's queue only for a sweep that submitted jobs: a local sweep on a machine with a stopped SLURM says nothing
+    submitted_any = folders or any(j.info is not None and j.info.slurm_job_id for j in jobs)
+    queue = slurm_queue() if submitted_any else None
     rows = []
     for job in jobs:
         # submitit's folder of the cell: `<array id>_<job>`, or the plain job id when the sweep has one cell

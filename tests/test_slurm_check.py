@@ -101,6 +101,7 @@ def test_status_says_when_squeue_fails(tmp_path, monkeypatch, capsys):
 
     sweep = tmp_path / "sweep"
     (sweep / "0").mkdir(parents=True)
+    (sweep / ".submitit" / "5_0").mkdir(parents=True)  # a sweep that submitted a SLURM job: its queue is read
     (sweep / "multirun.yaml").write_text(json.dumps({"hydra": {"sweeper": {"params": None}, "overrides": {"task": ["seed=0"]}}}))
     monkeypatch.setenv("PATH", str(fake_slurm(tmp_path / "bin", squeue=UNREACHABLE.replace("slurm_load_partitions", "squeue"))))
     assert "1 cells: 0 done, 0 running, 0 failed, 1 missing" in report(sweep)
