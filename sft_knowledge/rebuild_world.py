@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 
 from .cache import Cache
 from .config import register
-from .models import build_tiny_world, tiny_world_spec
+from .models import build_tiny_world
 from .overrides import CONF_DIR
 from .recipe import load_base_model, load_data, mastery_levels
 from .shipped import SHIPPED_DIR, write_shipped
+from .sources import tiny_world_spec
 
 
 def main() -> None:

@@ -28,16 +28,17 @@ from .data.facts import EVAL_SPLITS, SPLITS, Fact, KnowledgeBase, is_correct
 from .data.sampling import balanced_subset, bucket_facts
 from .data.synthetic import SyntheticWorld, build_world
 from .decoding import next_token_logits, qa_prompt
-from .errors import ConfigError, DataError, Interrupted, ModelError
+from .errors import DataError, Interrupted, ModelError
 from .evaluate import answer_hits, accuracy, level_subsets
 from .export import export_path, export_restored
 from .fsdp import sft_fsdp
 from .kl import AnswerFilter, early_answers, kl_stats, missing_reason, topk_renormalised_kl
-from .models import build_smollm2, build_tiny_world, check_hub_access, hub_source, load, origin, smollm2_spec, tiny_world_spec
+from .models import load
 from .prescreen import facts_from_json, facts_to_json, prescreen
 from .probe import ProbeResult, probe, templates_used
 from .restore import exact_zeros, restore_into, restore_layers, select_thresholds
 from .results import Accuracies, BlockPoint, KLSummary, RestorePoint, RunResult
+from .sources import source_of
 from .tracking import Tracker
 from .train import SFTJob, TrainLog, attach_lora, float32_compute, load_lora, merge_lora, sft
 
@@ -115,8 +116,6 @@ class Data:
 def load_data(cfg: Config, cache: Cache) -> Data:
     """The synthetic world is regenerated from its seed (well under a second), so it needs no cache entry.
     EntityQuestions missing everywhere is fetched into the cache."""
-    if cfg.model.source == "tiny_world" and cfg.data.name != "synthetic":
-        raise ConfigError(f"model=tiny_world is pretrained on the synthetic world; with data={cfg.data.name} choose a real model, e.g. model=smollm2_135m")
     if cfg.data.name == "synthetic":
         world = build_world(cfg.data.world)
         return Data(world.kb, world, None)
@@ -137,7 +136,7 @@ class BaseModel:
     model: Any
     tokenizer: Any
     hit: bool
-    origin: str | None = None  # tiny_world's: shipped with the package, or pretrained here
+    origin: str | None = None  # where the weights came from (sources.Built.origin)
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights as they were, for restoration
 
 
@@ -145,17 +144,10 @@ def load_base_model(cfg: Config, cache: Cache, data: Data) -> BaseModel:
     m = cfg.model
     if m.n_gpus > 1 and torch.cuda.device_count() < m.n_gpus:
         raise ModelError(f"model={m.name} needs {m.n_gpus} GPUs in one job (model.n_gpus); this machine has {torch.cuda.device_count()}")
-    if m.source == "tiny_world":
-        path, hit = build_tiny_world(cache, data.world, m.pretrain, cfg.data.world)
-        spec = tiny_world_spec(m.pretrain, cfg.data.world)
-    elif m.source == "smollm2_gguf":
-        (path, hit), spec = build_smollm2(cache), smollm2_spec()
-    else:
-        path, hit = hub_source(m.hub_id, m.path), True
-        check_hub_access(path, m.name)
-        spec = {"source": "hub", "id": path, "dtype": m.dtype}
-    model, tokenizer = load(path, m.dtype, spread=m.n_gpus > 1)
-    return BaseModel(path, spec, model, tokenizer, hit, origin(path) if m.source == "tiny_world" else None)
+    source = source_of(cfg)
+    built = source.build(cfg, cache, data.world)
+    model, tokenizer = load(built.path, m.dtype, spread=m.n_gpus > 1)
+    return BaseModel(built.path, source.spec(cfg), model, tokenizer, built.hit, built.origin)
 
 
 def prescreened(cfg: Config, cache: Cache, data: Data, base: BaseModel) -> Data:

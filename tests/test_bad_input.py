@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent  # the project: subprocesses run from it
 
-# (command-line overrides, what the error line must say). Each is the whole command after `experiment=smoke`.
+# (command-line overrides, what the error line must say). Each is the whole command after `experiment=smoke`, but for
+# another model than tiny_world (smoke's pretraining settings are tiny_world's, which another model refuses).
 CONFIG_ERRORS = [
     ("+data.szie=240", "error: data.szie is not a config key: did you mean data.size?"),
     ("data.szie=240", "error: data.szie is not a config key: did you mean data.size?"),
@@ -39,6 +40,9 @@ CONFIG_ERRORS = [
     ("model=llama3_8b model.path={empty}", "error: model.path={empty} holds no config.json"),
     ("model=llama3_8b model.path={broken}", "error: model.path={broken}: config.json cannot be read"),
     ("model=llama3_8b model.path={nowhere}", "error: model.path={nowhere} is not a directory"),
+    ("model=hf model.path={broken}", "error: model.path={broken}: config.json cannot be read"),
+    ("model.path={empty}", "error: model.path={empty} is not read by model=tiny_world (tiny_world): it is read by model=hf"),
+    ("model=llama3_8b experiment=smoke", "error: model.pretrain.* is not read by model=llama3_8b (hub): it is read by model=tiny_world"),
 ]
 
 
@@ -56,7 +60,8 @@ def test_a_config_error_is_one_line_before_any_stage(overrides, message, model_d
 
     args = overrides.format(**model_dirs).split()
     flags = [a for a in args if a.startswith("-")]  # before the overrides, where Hydra's parser wants them
-    monkeypatch.setattr(sys, "argv", ["run", *flags, "experiment=smoke", f"paths.output_dir={tmp_path / 'out'}",
+    preset = [] if any(a.startswith("model=") for a in args) else ["experiment=smoke"]
+    monkeypatch.setattr(sys, "argv", ["run", *flags, *preset, f"paths.output_dir={tmp_path / 'out'}",
                                       *(a for a in args if a not in flags)])
     start = time.time()
     with pytest.raises(SystemExit) as stop:

@@ -15,8 +15,10 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("group", ["model", "data", "probe", "mastery", "train", "eval", "kl", "restore", "logger", "resources", "experiment"])
 def test_every_group_option_composes_and_validates(compose, group):
     assert _options(group), f"conf/{group} has no options"
+    # model=hf runs on the user's weights; EntityQuestions on a real model (tiny_world knows only the synthetic world)
+    needs = {"model=hf": ["model.hub_id=org/name"], "data=entityquestions": ["model=smollm2_135m"]}
     for option in _options(group):
-        cfg = compose(f"{group}={option}")
+        cfg = compose(f"{group}={option}", *needs.get(f"{group}={option}", []))
         assert isinstance(cfg, Config)
         validate(cfg)
 
@@ -61,8 +63,8 @@ def test_mastery_option_selects_bucket(compose):
         ("train=fsdp train.fsdp_processes=0", "train.fsdp_processes=0 is not allowed: expected a positive integer or null"),
         ("model.dtype=int4", "model.dtype='int4' is not allowed: expected float32, bfloat16, float16"),
         ("model.pretrain.optimizer=sgd", "model.pretrain.optimizer='sgd' is not allowed: expected adamw, muon"),
-        ("data=entityquestions data.subset.candidates=0", "data.subset.candidates=0 is not allowed"),
-        ("data=entityquestions probe.templates=paper", "probe.templates='paper' is not allowed: expected all, paper_only"),
+        ("model=smollm2_135m data=entityquestions data.subset.candidates=0", "data.subset.candidates=0 is not allowed"),
+        ("model=smollm2_135m data=entityquestions probe.templates=paper", "probe.templates='paper' is not allowed: expected all, paper_only"),
         ("probe.templates=paper_only", "probe.templates=paper_only selects the paper's EntityQuestions templates; data=synthetic "
          "has its own: use probe.templates=all"),
         ("probe.top_p=0", "probe.top_p=0 is not allowed: expected a fraction in (0, 1] (1: plain sampling)"),

