@@ -2,9 +2,9 @@
 
     python benchmarks/report.py [--quick]     (--quick: results/quick/*.json into results/quick/README.md)
 
-Without --quick, and reading the project's own results folder, it also writes the table into the project's README,
-between the BEGIN/END comment lines of its "Performance and benchmarks" section, so the README always shows the latest
-measured table with its dates and machine.
+Without --quick, and reading the project's own results folder, it also writes each benchmark's headline rows (those
+with a target) into the project's README, between the BEGIN/END comment lines of its "Performance and benchmarks"
+section, so the README always shows the latest measured figures; the whole table stays in benchmarks/results/.
 
 Each benchmark's rows (common.row): ours, the baseline measured in the same run, the speed-up (how many times better
 ours is) and whether the target is met, with the date and machine of the run. bench_make_run.py writes its own
@@ -55,6 +55,18 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def headlines(results: dict[str, dict]) -> list[str]:
+    """The rows with a target, one line each: the README's short form of the table."""
+    lines = []
+    for name, result in results.items():
+        for r in result["rows"] if "rows" in result else make_run_rows(result):
+            if r["target"]:
+                met = "met" if r["met"] else "**not met**"
+                lines.append(f"- {name}: {r['metric']}: {_number(r['ours'])} {r['unit']} against {_number(r['baseline'])} "
+                             f"{r['unit']} ({r['baseline_label']}), {r['speedup']:.2f}x; target {r['target']}: {met}")
+    return lines
+
+
 def projection(results: dict[str, dict]) -> list[str]:
     """bench_restore.py's projection for the paper's models, from its measured seconds per region scalar."""
     restore = next((r for name, r in results.items() if name.startswith("restore") and "projection" in r), None)
@@ -80,7 +92,7 @@ def world(results: dict[str, dict]) -> list[str]:
     if not w:
         return []
     gains = ", ".join(f"{cell} {v['unrestored']} -> {v['best_of_10_20']}" for cell, v in sorted(w["restoring_10_20_pct_at_1920"].items()))
-    return ["", f"`make run`'s world (cold run above), level counts D-0..D-4: "
+    return ["", f"`make run`'s world (its cold run), level counts D-0..D-4: "
             + "; ".join(f"{split} {levels(counts)}" for split, counts in w["level_counts"].items()) + ". "
             f"D-0 training worst at every size: {'yes' if w['d0_worst_at_every_size'] else 'no'}; "
             f"SFT on 240 D-4 facts answers {w['d4_240_acc_on_d_test_4']}% of D_test-4; "
@@ -106,7 +118,8 @@ def main() -> None:
                       about, "", *body, ""])
     (folder / "README.md").write_text(text)
     if not args.quick and RESULTS.resolve() == (README.parent / "benchmarks" / "results").resolve():  # not a test's results
-        update_readme("\n".join([about, "", *body]))
+        update_readme("\n".join([about, "", *headlines(results), *world(results),
+                                  "", "The whole table, with the projection to LLaMA-3 sizes: [benchmarks/results/README.md](benchmarks/results/README.md)."]))
     print(text)
 
 

@@ -36,7 +36,7 @@ def test_the_report_reads_the_make_run_benchmark_format(tmp_path):
     subprocess.run([sys.executable, str(BENCH / "report.py")], env=bench_env(tmp_path), check=True, capture_output=True)
     table = (tmp_path / "results" / "README.md").read_text()
     assert "| make_run | make run, cold |" in table and "(budget)" in table
-    assert ("`make run`'s world (cold run above), level counts D-0..D-4: train 2,000 / 1,921 / 1,920 / 3,000 / 12,345; "
+    assert ("`make run`'s world (its cold run), level counts D-0..D-4: train 2,000 / 1,921 / 1,920 / 3,000 / 12,345; "
             "test 75 / 1 / 0 / 9 / 10. D-0 training worst at every size: ") in table
     assert "restored: d4/1920 22.4 -> 30.2." in table
     assert (ROOT / "README.md").read_text() == readme  # a test's results never reach the project's README
