@@ -6,10 +6,11 @@ Model: a randomly initialised LLaMA of TinyLlama's shape (hidden 2048, 22 layers
 vocab 32000: 1.1B parameters) in bf16, built on the GPU from its config and saved with its tokenizer, where
 models.load, the FSDP worker and vLLM read it. Data: a small synthetic world (data.synthetic.build_world); its QA
 examples tokenised by a BPE trained on them, small enough that an example is about 32 tokens (the vocabulary is
-padded with unused tokens to the model's 32000), in the paper's batches of 8, lr 1e-5 (the LLaMA configs'), 1 epoch.
+padded with unused tokens to the model's 32000), 48 steps of the paper's batch of 8 at lr 1e-5 (the LLaMA configs').
 
 Stages, each calling the project's functions (a failure is recorded and the next stage runs; no stage starts once
 `--budget-s` is spent, and the one running then is interrupted):
+  setup    the world, the tokenizer, the model (one forward and backward pass: the warm-up), saved
   sft      train.sft under train.precision=fp32_master and pure: tokens/s, losses, Table 3's update share of the top
            1% and 20% (restore.select_thresholds; the 100% share must be 100) and peak GPU memory against the estimate
   restore  select_thresholds for ratios 1..60 and restore_into for each, on GPU copies of the base and fp32_master
@@ -384,8 +385,8 @@ def run_stages(ctx: Context, stages: dict[str, Callable[[Context], dict]], budge
     t0 = time.monotonic()
     results: dict[str, dict] = {}
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, budget_s)
     try:
+        signal.setitimer(signal.ITIMER_REAL, budget_s)
         for name, stage in stages.items():
             if time.monotonic() - t0 >= budget_s:
                 results[name] = {"status": "skipped", "note": f"not started: the budget of {budget_s:g} s was spent"}
@@ -477,17 +478,17 @@ def size(n_params: int) -> str:
     return f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
 
 
-def rows(stages: dict[str, dict], n_params: int) -> list[dict]:
+def rows(stages: dict[str, dict], n_params: int, device: str) -> list[dict]:
     """The lines benchmarks/report.py tables (common.row): what has a baseline measured in the same run."""
     out = []
     if stages["trainer"]["status"] == "ok":
         t = stages["trainer"]
-        out.append(row(f"SFT tokens/s, {size(n_params)} LLaMA, bf16", t["ours_tokens_per_s"], t["trainer_tokens_per_s"],
+        out.append(row(f"SFT tokens/s, {size(n_params)} LLaMA, bf16, {device}", t["ours_tokens_per_s"], t["trainer_tokens_per_s"],
                        "tokens/s", True, "HF Trainer"))
     if stages["sft"]["status"] == "ok" and stages["sft"]["precisions"]["fp32_master"]["peak_gpu_gib"]:
         p = stages["sft"]["precisions"]["fp32_master"]
-        out.append(row(f"SFT peak GPU memory, fp32_master, {size(n_params)} LLaMA", p["peak_gpu_gib"], p["estimate_gib"], "GiB",
-                       False, "estimate"))
+        out.append(row(f"SFT peak GPU memory, fp32_master, {size(n_params)} LLaMA, {device}", p["peak_gpu_gib"], p["estimate_gib"],
+                       "GiB", False, "estimate"))
     return out
 
 
@@ -511,11 +512,12 @@ def main() -> None:
         ctx = Context(TINY if args.tiny else FULL, Path(work), device)
         stages = run_stages(ctx, {"setup": setup, "sft": stage_sft, "restore": stage_restore, "fsdp": stage_fsdp,
                                   "trainer": stage_trainer, "probe": stage_probe}, args.budget_s)
-    result = {"benchmark": "gpu_check", "tiny": args.tiny, "date": time.strftime("%Y-%m-%d %H:%M"), "device": device_info(device),
+    info = device_info(device)
+    result = {"benchmark": "gpu_check", "tiny": args.tiny, "date": time.strftime("%Y-%m-%d %H:%M"), "device": info,
               "machine": machine(), "budget_s": args.budget_s, "elapsed_s": time.monotonic() - t0,
               "model": {"shape": ctx.scale.shape, "dtype": "bfloat16", "n_params": ctx.n_params},
               "settings": {"steps": ctx.scale.steps, "batch_size": BATCH, "lr": LR, "seed": SEED},
-              "stages": stages, "table": table(stages), "rows": rows(stages, ctx.n_params)}
+              "stages": stages, "table": table(stages), "rows": rows(stages, ctx.n_params, info["name"])}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     width = max(len(line[1]) for line in result["table"])
