@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install run world smoke test test-fast test-slurm slurm-up slurm-down bench bench-quick report wandb-sync clean clean-all
+.PHONY: help install run world smoke test test-fast test-slurm slurm-up slurm-down bench bench-quick gpu-check report wandb-sync clean clean-all
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench-quick: install ## Every benchmark but `make run`'s at tiny sizes (~1.5 min
 	$(PY) benchmarks/bench_decoding.py --quick
 	$(PY) benchmarks/bench_parallel.py --quick
 	$(PY) benchmarks/report.py --quick
+
+gpu-check: install ## On one GPU (under 8 min): the cluster path's code on a 1.1B LLaMA: benchmarks/results/gpu.json
+	$(PY) benchmarks/gpu_check.py
 
 report: install ## The paper's tables and figures from a sweep into <sweep>/report/ (SWEEP=dir; default: the latest)
 	$(PY) -m sft_knowledge.report $(SWEEP)
