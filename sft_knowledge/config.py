@@ -166,7 +166,8 @@ class TrainConfig:
     fsdp_processes: Any = None  # fsdp: processes, one per GPU (None: every visible GPU); on a CPU machine, gloo processes
     fsdp_cpu_offload: bool = False  # fsdp: sharded weights, gradients and AdamW state in node memory (70B: 1.1 TB in fp32)
     # method=lora: the adapters' shape. train=lora (conf/train/lora.yaml) sets the project's choice (rank 8, alpha 16, every
-    # linear projection, lr 1e-4); these defaults are the older q_proj/v_proj, kept so that no run key changes.
+    # linear projection, lr 1e-4); these defaults are the older q_proj/v_proj, kept so that no run key changes. [all-linear]:
+    # every linear projection of the model's decoder layers, under its own names (structure.py; Phi-3, GPT-NeoX).
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
