@@ -176,6 +176,10 @@ def test_lora_targets_the_model_lacks_are_one_line_naming_what_it_has(random_mod
                                                "mlp.dense_4h_to_h"]
 
 
+def test_all_linear_is_a_command_line_value(compose):
+    assert compose("train=lora", "train.lora_target_modules=[all-linear]").train.lora_target_modules == [ALL_LINEAR]
+
+
 class Toy(PreTrainedModel):
     """A PreTrainedModel with an embedding and a ModuleList of blocks that are not decoder layers (or none)."""
     config_class = PretrainedConfig
