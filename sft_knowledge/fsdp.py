@@ -7,8 +7,8 @@ the fine-tuned weights and saves them as an ordinary Hugging Face directory, whi
 
 Why torch's `fully_shard` rather than accelerate's FSDP plugin: accelerate 1.15 turns FSDP on only for GPU-like
 process groups (on CPU processes `prepare` falls back to DDP), so the CPU tests could not run the code the
-cluster runs. Its FSDP2 path does what `_sharded_model` does: `fully_shard` each decoder layer and the model,
-and load the weights on rank 0 only (its `cpu_ram_efficient_loading`).
+cluster runs. Its FSDP2 path does what `_sharded_model` does: `fully_shard` each decoder layer (structure.py finds
+them, for any architecture) and the model, and load the weights on rank 0 only (its `cpu_ram_efficient_loading`).
 
 Precision: under `train.precision=fp32_master` (the default) a bf16/fp16 model's sharded parameters, gradients and
 AdamW state are fp32 and FSDP2's MixedPrecisionPolicy all-gathers the parameters in the model's dtype for forward and
@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from .config import ConfigError
 from .models import DTYPES
+from .structure import decoder_layers
 from .train import HALF, DeferredSignals, SFTJob, TrainLog, sft
 
 
@@ -117,7 +118,7 @@ def _sharded_model(base: str, dtype: str, rank: int, device: torch.device, preci
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=param_dtype)
     weights = model.state_dict() if rank == 0 else {}
-    for layer in model.model.layers:
+    for layer in decoder_layers(model)[1]:
         fully_shard(layer, mp_policy=policy, offload_policy=offload)
     fully_shard(model, mp_policy=policy, offload_policy=offload)
     for module in model.modules():

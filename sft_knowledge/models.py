@@ -13,11 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cache import Cache
 from .errors import ModelError
-from .config import PretrainConfig, SyntheticWorldConfig
+from .config import SMOLLM2_PACKAGE, PretrainConfig, SyntheticWorldConfig, smollm2_spec, tiny_world_spec
 from .data.synthetic import SyntheticWorld
 from .pretrain import pretrain
 from .shipped import SHIPPED_DIR, install_shipped, is_shipped
-from .sources import SMOLLM2_PACKAGE, smollm2_spec, tiny_world_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ORIGIN_FILE = "origin.json"  # in a tiny_world cache entry: shipped, or pretrained here and how long it took

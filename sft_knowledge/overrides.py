@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import Config, ConfigError, register, validate
 from .slurm_check import check_slurm
+from .sources import check_source
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -101,6 +102,7 @@ def check_command_line(argv: list[str]) -> None:
             check_keys(dcfg)
             cfg: Config = OmegaConf.to_object(dcfg)
             validate(cfg)
+            check_source(cfg)
             output_dirs.add(Path(cfg.paths.output_dir))
         # submitit's SLURM launcher, picked as hydra/launcher=slurm (launchers/hydra/launcher/) or submitit_slurm
         slurm = multirun and str(hydra_cfg.launcher.get("_target_", "")).endswith(".SlurmLauncher")

@@ -14,13 +14,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from .cache import Cache
-from .config import register
+from .config import register, tiny_world_spec
 from .models import build_tiny_world
 from .overrides import CONF_DIR
 from .recipe import load_base_model, load_data, mastery_levels
 from .shipped import SHIPPED_DIR, write_shipped
-from .sources import tiny_world_spec
-
 
 def main() -> None:
     register()
@@ -38,7 +36,6 @@ def main() -> None:
     print("level counts" + "".join(f"{f'D-{lv}':>8}" for lv in range(5)))
     for split, c in counts.items():
         print(f"  {split:<10}" + "".join(f"{n:>8,}" for n in c))
-
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ from .probe import ProbeResult, probe, templates_used
 from .restore import exact_zeros, restore_into, restore_layers, select_thresholds
 from .results import Accuracies, BlockPoint, KLSummary, RestorePoint, RunResult
 from .sources import source_of
+from .structure import Structure, model_structure
 from .tracking import Tracker
 from .train import SFTJob, TrainLog, attach_lora, float32_compute, load_lora, merge_lora, sft
 
@@ -54,6 +55,9 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
         data = load_data(cfg, cache)
     with timer("base_model"):
         base = load_base_model(cfg, cache, data)
+    structure = model_structure(base.model)  # a model it does not understand is one line here, before any stage
+    if cfg.train.method == "lora":
+        structure.lora_targets(cfg.train.lora_target_modules)  # so are LoRA targets the model lacks
     if data.spec is not None and cfg.data.subset.candidates is not None:
         with timer("prescreen"):
             data = prescreened(cfg, cache, data, base)
@@ -81,7 +85,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
         n_train_facts=len(train_facts), acc=judged.acc, acc_train=judged.acc_train, kl_level=cfg.kl.level, kl=kl,
         kl_missing=None if kl is not None else missing_reason(cfg.kl.level, kl_ref.answer_filter),
         kl_filter=kl_ref.answer_filter.record(), kl_curve=tuned.log.events, restore=restore, restore_blocks=blocks,
-        update_share=update_share, base_zeros=exact_zeros(tuned.base_state, tuned.state), train_loss=tuned.log.loss,
+        update_share=update_share, base_zeros=exact_zeros(tuned.base_state, tuned.state, tuned.structure), train_loss=tuned.log.loss,
         sft_resumed_at=tuned.log.resumed_at, base_model=base.origin,
         cache_hits={"base_model": base.hit, **data.hits, "probe": mastery.hit, "sft": tuned.hit}, timings=timer.seconds)
 
@@ -279,6 +283,7 @@ class FineTuned:
     hit: bool
     base_state: dict[str, torch.Tensor]  # the weights before and after SFT, for restoration
     state: dict[str, torch.Tensor]
+    structure: Structure  # what restoration's regions and layers are in these weights
 
 
 def sft_spec(cfg: Config, eff: Effective, mastery: Mastery, kl_ref: KLReference) -> dict:
@@ -326,7 +331,7 @@ def fine_tune(cfg: Config, cache: Cache, eff: Effective, base: BaseModel, master
     else:
         model, tokenizer = load(path, cfg.model.dtype, spread=eff.n_gpus > 1)
     log = TrainLog(**json.loads((path / "train_log.json").read_text()))
-    return FineTuned(model, tokenizer, log, hit, base_state, weight_copy(model, cfg.resources.weight_copies))
+    return FineTuned(model, tokenizer, log, hit, base_state, weight_copy(model, cfg.resources.weight_copies), model_structure(model))
 
 
 def log_training(tracker: Tracker, log: TrainLog) -> None:
@@ -388,9 +393,10 @@ def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: J
     r = cfg.restore
     ratios = sorted(set(r.ratios))
     extra = list(UPDATE_SHARE_RATIOS) if r.strategy == "top" and r.scope == "global" else []
-    selections = select_thresholds(tuned.base_state, tuned.state, sorted(set(ratios + extra)), r.region, r.strategy, r.seed,
+    region = tuned.structure.region(r.region)
+    selections = select_thresholds(tuned.base_state, tuned.state, sorted(set(ratios + extra)), region, r.strategy, r.seed,
                                    scope=r.scope, eps=r.eps, zeros=r.zeros)
-    top = selections if extra else select_thresholds(tuned.base_state, tuned.state, list(UPDATE_SHARE_RATIOS), r.region, "top",
+    top = selections if extra else select_thresholds(tuned.base_state, tuned.state, list(UPDATE_SHARE_RATIOS), region, "top",
                                                      r.seed, eps=r.eps, zeros=r.zeros)
     update_share = {str(ratio): round(100 * top[ratio].change_share, 2) for ratio in UPDATE_SHARE_RATIOS}
     tracker.define_axis("restore/*", "restore/ratio")  # W&B charts restoration against the ratio, not the step
@@ -398,7 +404,7 @@ def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: J
     for ratio in tqdm(ratios, desc="restoration", disable=len(ratios) < 3):
         sel = selections[ratio]
         if sel.k > 0:
-            restore_into(tuned.model, tuned.base_state, tuned.state, sel, r.region, r.strategy, r.seed)
+            restore_into(tuned.model, tuned.base_state, tuned.state, sel, region, r.strategy, r.seed)
         restored = judge_now() if sel.k > 0 else judged
         # With k == 0 the model is still the fine-tuned one: ratios run in increasing order, so none was restored yet.
         saved = export_restored(tuned.model, tuned.tokenizer, sel.per_tensor, export_path(run_dir, ratio)) if ratio in r.export else None
@@ -413,10 +419,10 @@ def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: J
 
 def layer_blocks(cfg: Config, tuned: FineTuned, judge_acc) -> list[BlockPoint]:
     """Whole blocks of restore.layer_block_size decoder layers restored, one block at a time (paper Table 11)."""
-    n_layers, size = tuned.model.config.num_hidden_layers, cfg.restore.layer_block_size
+    n_layers, size, region = tuned.structure.n_layers, cfg.restore.layer_block_size, tuned.structure.region(cfg.restore.region)
     out = []
     for first in range(0, n_layers, size) if size > 0 else []:
         layers = set(range(first, min(first + size, n_layers)))
-        n = restore_layers(tuned.model, tuned.base_state, tuned.state, layers, cfg.restore.region)
+        n = restore_layers(tuned.model, tuned.base_state, tuned.state, layers, region)
         out.append(BlockPoint([first, max(layers)], n, judge_acc()))
     return out

@@ -6,7 +6,8 @@ zeros (SmolLM2's Q4_1) decide the ranking. `zeros="unranked"` scores them 0 inst
 undefined); `exact_zeros` counts them per region for results.json. Restoring k% selects the k% of the region's scalars
 with the highest change. `scope` says among which scalars: `global` (the paper's and ParamRestore's: the whole
 region at once, like torch.topk over the flattened region), `per_tensor` (k% of every matrix) or `per_layer` (k% of
-every decoder layer; a tensor outside the layers is a group of its own), as model-merging tools trim.
+every decoder layer; a tensor outside the layers is a group of its own), as model-merging tools trim. Which tensors
+make up a region, and which decoder layer each lies in, the model's structure says (structure.py: `Region`).
 
 A 7B model has billions of scalars, so the thresholds are found without concatenating (or even holding) their
 scores: an exact two-pass radix select over the 32-bit ordered keys of the float32 scores, for all ratios and groups
@@ -17,15 +18,14 @@ Scores are computed in chunks of CHUNK scalars and dropped at once. Ties at the 
 the first ones equal to it in flat order, tensor after tensor (`Selection.ties_taken`).
 
 Tied weights (input and output embeddings of SmolLM2-like models) appear twice in a state dict; they are counted,
-selected and restored once, under the first name. They are recognised by shared storage, or, for copies that lost it
-(a state dict cloned key by key), by input and output embeddings with identical base and identical fine-tuned values.
+selected and restored once, under the first name. The model says which they are (`Region.tied`), so copies that lost
+the sharing (recipe.weight_copy clones key by key) count them once too.
 
 The "bottom" and "random" baselines reuse the same machinery with another per-scalar score.
 """
 from __future__ import annotations
 
 import math
-import re
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -35,27 +35,11 @@ import torch
 from torch import Tensor
 
 from .config import REGIONS, SCOPES, STRATEGIES, ZEROS
+from .structure import Region, Structure
 
 HIGH = 16  # bits of the key resolved by pass 1; pass 2 resolves the other 16
 NBINS = 1 << HIGH
 CHUNK = 1 << 18  # scalars scored at once on a CPU: the temporaries stay in cache and an embedding needs no GBs
-
-
-def in_region(name: str, region: str) -> bool:
-    # ParamRestore's "transformer": every matrix of the decoder layers; embeddings, lm_head and norms excluded.
-    transformer = "layers" in name and "norm" not in name
-    match region:
-        case "transformer":
-            return transformer
-        case "attention":
-            return transformer and "self_attn" in name
-        case "mlp":
-            return transformer and ".mlp." in name
-        case "embedding":
-            return "embed_tokens" in name or "lm_head" in name
-        case "all":
-            return True
-    raise ValueError(f"unknown region {region!r}; expected one of {REGIONS}")
 
 
 def relative_change(ft: Tensor, base: Tensor, eps: float = 1e-8, zeros: str = "guarded") -> Tensor:
@@ -83,46 +67,22 @@ class Selection:
     zeros: str = "guarded"
 
 
-def _tied(pairs: dict[str, tuple[Tensor, Tensor]]) -> dict[str, str]:
-    """alias -> the earlier name it is tied to, among the region's (base, ft) pairs (in base order)."""
-    def storage(t: Tensor) -> tuple:
-        return t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()
-
-    first: dict[tuple, str] = {}
-    aliases = {}
-    for n, (b, f) in pairs.items():
-        if b.numel() == 0 or b.data_ptr() == 0 or f.data_ptr() == 0:  # meta or empty tensors share nothing
-            continue
-        aliases[n] = first.setdefault((storage(b), storage(f)), n)
-    aliases = {n: a for n, a in aliases.items() if a != n}
-    # Copies taken key by key (recipe.weight_copy) lose the sharing; tied embeddings still have equal values.
-    emb = next((n for n in pairs if "embed_tokens" in n and n not in aliases), None)
-    head = next((n for n in pairs if "lm_head" in n and n not in aliases), None)
-    if emb and head:
-        (be, fe), (bh, fh) = pairs[emb], pairs[head]
-        if be.shape == bh.shape and be.dtype == bh.dtype and torch.equal(be, bh) and torch.equal(fe, fh):
-            aliases[head] = emb
-    return aliases
-
-
-def _region(base: dict[str, Tensor], ft: dict[str, Tensor], region: str) -> tuple[list[str], dict[str, str]]:
-    """(the region's tensors, tied ones once; alias -> the name it is counted under)."""
-    names = [n for n in base if in_region(n, region)]
-    extra = [n for n in ft if n not in base and in_region(n, region)]
+def _region(base: dict[str, Tensor], ft: dict[str, Tensor], region: Region) -> tuple[list[str], dict[str, str]]:
+    """(the region's tensors in base's order, tied ones once; alias -> the name it is counted under)."""
+    names = [n for n in base if n in region.names]
+    extra = [n for n in ft if n not in base and n in region.names]
     if extra:
         raise ValueError(f"tensor {extra[0]!r} is missing from the base weights")
-    pairs = {}
     for n in names:
         if n not in ft:
             raise ValueError(f"tensor {n!r} is missing from the fine-tuned weights")
-        pairs[n] = base[n], ft[n]
-        if pairs[n][1].shape != pairs[n][0].shape:
-            raise ValueError(f"tensor {n!r} has shape {tuple(pairs[n][1].shape)} fine-tuned but {tuple(base[n].shape)} base")
-    aliases = _tied(pairs)
+        if ft[n].shape != base[n].shape:
+            raise ValueError(f"tensor {n!r} has shape {tuple(ft[n].shape)} fine-tuned but {tuple(base[n].shape)} base")
+    aliases = {a: source for a, source in region.tied.items() if a in base and source in base}
     return [n for n in names if n not in aliases], aliases
 
 
-def _region_names(base: dict[str, Tensor], ft: dict[str, Tensor], region: str) -> list[str]:
+def _region_names(base: dict[str, Tensor], ft: dict[str, Tensor], region: Region) -> list[str]:
     return _region(base, ft, region)[0]
 
 
@@ -136,14 +96,14 @@ def _chunk_size(t: Tensor) -> int:
     return CHUNK if t.device.type == "cpu" else 1 << 26  # a GPU wants few, large kernels
 
 
-def exact_zeros(base: dict[str, Tensor], ft: dict[str, Tensor]) -> dict[str, dict[str, int]]:
+def exact_zeros(base: dict[str, Tensor], ft: dict[str, Tensor], structure: Structure) -> dict[str, dict[str, int]]:
     """Per region: its scalars of exactly 0 in `base` and all its scalars (tied tensors once)."""
     counts = {}
     for n, b in base.items():
         flat, step = b.reshape(-1), _chunk_size(b)
         counts[n] = sum(int((flat[s:s + step] == 0).sum()) for s in range(0, flat.numel(), step))
     return {region: {"zeros": sum(counts[n] for n in names), "scalars": sum(base[n].numel() for n in names)}
-            for region in REGIONS for names in [_region_names(base, ft, region)]}
+            for region in REGIONS for names in [_region_names(base, ft, structure.region(region))]}
 
 
 def _scores(name: str, base: Tensor, ft: Tensor, strategy: str, seed: int, eps: float = 1e-8,
@@ -185,16 +145,15 @@ def _kth_bin(hist: Tensor, k: int) -> tuple[int, int]:
     return d, k - int(at_least[i] - hist[d])
 
 
-def _groups(names: list[str], scope: str) -> dict[str, list[str]]:
+def _groups(names: list[str], scope: str, layer_of: dict[str, int]) -> dict[str | int, list[str]]:
     if scope == "global":
         return {"": names}
     if scope == "per_tensor":
         return {n: [n] for n in names}
     if scope == "per_layer":
-        groups: dict[str, list[str]] = {}
+        groups: dict[str | int, list[str]] = {}
         for n in names:
-            layer = re.search(r"layers\.\d+\.", n)
-            groups.setdefault(layer.group(0) if layer else n, []).append(n)
+            groups.setdefault(layer_of.get(n, n), []).append(n)
         return groups
     raise ValueError(f"unknown scope {scope!r}; expected one of {SCOPES}")
 
@@ -242,7 +201,7 @@ def select_thresholds(
     base: dict[str, Tensor],
     ft: dict[str, Tensor],
     ratios: list[float],
-    region: str = "transformer",
+    region: Region,
     strategy: str = "top",
     seed: int = 0,
     *,
@@ -255,7 +214,7 @@ def select_thresholds(
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     if zeros not in ZEROS:
         raise ValueError(f"unknown zeros rule {zeros!r}; expected one of {ZEROS}")
-    groups = _groups(names, scope)
+    groups = _groups(names, scope, region.layer_of)
     if bad := [ratio for ratio in ratios if not 0 <= ratio <= 100]:
         raise ValueError(f"restore ratio {bad[0]} is outside [0, 100] (it is a percentage)")
     ratios = list(dict.fromkeys(ratios))
@@ -357,7 +316,7 @@ def _restore_tensor(name: str, base: Tensor, ft: Tensor, sel: Selection, strateg
 
 
 def restored_state(
-    base: dict[str, Tensor], ft: dict[str, Tensor], selection: Selection, region: str, strategy: str, seed: int
+    base: dict[str, Tensor], ft: dict[str, Tensor], selection: Selection, region: Region, strategy: str, seed: int
 ) -> Iterator[tuple[str, Tensor]]:
     """The fine-tuned tensors, one at a time, with the selected scalars set back to their base values.
 
@@ -401,7 +360,7 @@ def restore_into(
     base: dict[str, Tensor],
     ft: dict[str, Tensor],
     selection: Selection,
-    region: str,
+    region: Region,
     strategy: str,
     seed: int,
 ) -> None:
@@ -423,10 +382,9 @@ def restore_into(
 
 
 def restore_layers(
-    model: torch.nn.Module, base: dict[str, Tensor], ft: dict[str, Tensor], layers: set[int], region: str = "transformer"
+    model: torch.nn.Module, base: dict[str, Tensor], ft: dict[str, Tensor], layers: set[int], region: Region
 ) -> int:
     """Restore whole decoder layers (Table 11): their region scalars to base, everything else to ft. Returns the count."""
-    blocks = tuple(f"layers.{i}." for i in layers)
-    chosen = {n for n in _region_names(base, ft, region) if any(b in n for b in blocks)}
+    chosen = {n for n in _region_names(base, ft, region) if region.layer_of.get(n) in layers}
     _copy_into(model, ft, ((n, base[n] if n in chosen else f) for n, f in ft.items()))
     return sum(base[n].numel() for n in chosen)

@@ -29,6 +29,7 @@ from .export import export_path
 from .overrides import check_command_line
 from .provenance import provenance
 from .results import RunResult, load
+from .sources import check_source
 from .summary import run_summary, sweep_summary
 from .sweep import unfinished
 
@@ -44,6 +45,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
     from .tracking import Tracker
 
     validate(cfg)
+    check_source(cfg)
     key = run_key(cfg)
     run_dir = Path(cfg.paths.runs_dir) / key
     results_path = run_dir / "results.json"

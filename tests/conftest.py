@@ -100,3 +100,45 @@ def local_slurm():
     yield
     if not was_up:
         subprocess.run([script, "down"], check=True, timeout=120)
+
+
+RANDOM_MODELS = {  # random_model_dir's architectures: transformers config class, options beyond the shared shape
+    "llama": ("LlamaConfig", {}), "llama_tied": ("LlamaConfig", {"tie_word_embeddings": True}),  # SmolLM2 ties
+    "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),  # as Qwen2-0.5B; q/k/v have biases
+    "qwen3": ("Qwen3Config", {}), "mistral": ("MistralConfig", {}), "gemma2": ("Gemma2Config", {}),  # Gemma ties
+    "gemma3": ("Gemma3TextConfig", {}), "phi3": ("Phi3Config", {}), "gpt_neox": ("GPTNeoXConfig", {}),
+}
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory):
+    """`random_model_dir(arch, dtype="float32") -> Path`: a small randomly initialised causal LM (2 layers, hidden 32,
+    seed 0) of an architecture in `random_model_dir.archs`, saved with the shipped world's tokenizer (2050 tokens;
+    Qwen2's tokenizer class adds one, and the vocabulary follows) and loadable by AutoModelForCausalLM and
+    AutoTokenizer.from_pretrained; built once per session and dtype ("float32", "bfloat16")."""
+    import shutil
+
+    import torch
+    import transformers
+
+    tokenizer = ROOT / "sft_knowledge" / "worlds" / "tiny_world"
+    built: dict[tuple[str, str], Path] = {}
+
+    def build(arch: str, dtype: str = "float32") -> Path:
+        if (arch, dtype) not in built:
+            name, options = RANDOM_MODELS[arch]
+            config = getattr(transformers, name)(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=8, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=1, **options)
+            out = tmp_path_factory.mktemp(f"{arch}-{dtype}")
+            for file in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(tokenizer / file, out)
+            config.save_pretrained(out)  # AutoTokenizer's class follows the model type: Qwen2's adds <|endoftext|>
+            config.vocab_size = len(transformers.AutoTokenizer.from_pretrained(out))
+            torch.manual_seed(0)
+            transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).save_pretrained(out)
+            built[arch, dtype] = out
+        return built[arch, dtype]
+
+    build.archs = tuple(RANDOM_MODELS)
+    return build

@@ -11,6 +11,7 @@ from sft_knowledge import export
 from sft_knowledge.export import TENSORS, export_path, export_restored
 from sft_knowledge.pretrain import train_tokenizer
 from sft_knowledge.restore import restore_into, select_thresholds
+from sft_knowledge.structure import model_structure
 from sft_knowledge.results import RestorePoint
 
 DOCS = ["alice was born in paris", "bob works for acme", "the capital of france is paris"] * 5
@@ -33,6 +34,7 @@ def pair(tied: bool) -> tuple[LlamaForCausalLM, dict, dict]:
 
 def restored(tied: bool, region: str, ratio: float = 20):
     model, base, ft = pair(tied)
+    region = model_structure(model).region(region)
     sel = select_thresholds(base, ft, [ratio], region)[ratio]
     restore_into(model, base, ft, sel, region, "top", 0)
     return model, sel

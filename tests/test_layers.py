@@ -13,8 +13,8 @@ LAYERS = [
     ("foundation", {"", "errors", "data", "data.facts"}),  # "": the package itself
     ("settings and records", {"config", "cache", "results"}),
     ("shared pieces", {"data.synthetic", "data.entityquestions", "data.sampling", "decoding", "tracking", "provenance",
-                       "shipped", "slurm_check"}),
-    ("stages", {"pretrain", "models", "probe", "prescreen", "train", "fsdp", "evaluate", "kl", "restore", "export"}),
+                       "shipped", "slurm_check", "structure"}),
+    ("stages", {"pretrain", "models", "sources", "probe", "prescreen", "train", "fsdp", "evaluate", "kl", "restore", "export"}),
     ("recipe", {"recipe"}),
     ("entry points and readers", {"run", "overrides", "rebuild_world", "sweep", "summary", "status", "report", "report.__main__",
                                   "report.figures", "report.layout", "report.paper", "report.tables", "report.write"}),

@@ -14,7 +14,7 @@ from sft_knowledge.decoding import next_token_logits, qa_prompt
 from sft_knowledge.models import load
 from sft_knowledge.probe import ProbeResult
 from sft_knowledge.recipe import BaseModel, KLReference, Mastery, fine_tune, kl_reference
-from sft_knowledge.restore import in_region, restore_into, select_thresholds
+from sft_knowledge.restore import restore_into, select_thresholds
 from sft_knowledge.train import SFTJob, attach_lora, float32_compute, merge_lora, sft
 from test_train import FACTS, _job, _tok
 
@@ -152,20 +152,21 @@ def test_the_kl_base_of_a_bf16_lora_is_computed_in_float32(bf16_lora):
 
 def test_restoration_ranks_and_restores_the_float32_merged_weights(bf16_lora):
     tuned, _, base_dir, deltas = bf16_lora
-    region = [n for n in tuned.state if in_region(n, "transformer")]
+    transformer = tuned.structure.region("transformer")
+    region = [n for n in tuned.state if n in transformer.names]
     assert set(region) == set(deltas)  # every projection adapted: the region is the adapted matrices
     base = {n: tuned.base_state[n].float() for n in region}
     n_region = sum(base[n].numel() for n in region)
     changed = sum(int((tuned.state[n] != base[n]).sum()) for n in region)
     assert changed > 0.999 * n_region  # ranked on the whole update (merged into bf16: about 80% of the scalars moved)
-    sel = select_thresholds(tuned.base_state, tuned.state, [50, 100])
-    restore_into(tuned.model, tuned.base_state, tuned.state, sel[50], "transformer", "top", 0)
+    sel = select_thresholds(tuned.base_state, tuned.state, [50, 100], transformer)
+    restore_into(tuned.model, tuned.base_state, tuned.state, sel[50], transformer, "top", 0)
     now = {n: tuned.model.get_parameter(n).detach() for n in region}
     assert sum(int(((now[n] == base[n]) & (tuned.state[n] != base[n])).sum()) for n in region) == sel[50].k
     for n in region:  # the rest keep their float32 merged values
         rest = now[n] != base[n]
         assert now[n].dtype == torch.float32 and torch.equal(now[n][rest], tuned.state[n][rest]), n
-    restore_into(tuned.model, tuned.base_state, tuned.state, sel[100], "transformer", "top", 0)
+    restore_into(tuned.model, tuned.base_state, tuned.state, sel[100], transformer, "top", 0)
     fp32_base, _ = load(base_dir, "float32")
     assert all(torch.equal(t, fp32_base.get_parameter(n)) for n, t in tuned.model.named_parameters())
 

@@ -6,7 +6,13 @@ import pytest
 
 from sft_knowledge.config import ConfigError, ModelError, validate
 from sft_knowledge.models import check_hub_access
-from sft_knowledge.sources import SOURCES, source_of
+from sft_knowledge.sources import SOURCES, check_source, source_of
+
+
+def check(cfg):
+    """What a run checks before any stage: the values, then the model's source."""
+    validate(cfg)
+    check_source(cfg)
 
 # GPUs per job: full SFT with fp32 master weights and AdamW state takes 16 bytes per parameter (7-13B: 4 x 80 GB).
 REAL = {"llama2_7b": ("meta-llama/Llama-2-7b-hf", 4), "llama2_13b": ("meta-llama/Llama-2-13b-hf", 4),
@@ -17,7 +23,7 @@ REAL = {"llama2_7b": ("meta-llama/Llama-2-7b-hf", 4), "llama2_13b": ("meta-llama
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_real_model_configs_compose_with_per_size_defaults(compose, name):
     cfg = compose(f"model={name}", "data=entityquestions", "train=lora")
-    validate(cfg)
+    check(cfg)
     hub_id, gpus = REAL[name]
     m = cfg.model
     assert (m.name, m.source, m.hub_id, m.dtype, m.lr, m.n_gpus, m.gradient_checkpointing) == (name, "hub", hub_id, "bfloat16", 1e-5, gpus, True)
@@ -44,7 +50,7 @@ def test_hf_is_named_after_its_weights_and_keyed_by_them(compose, tmp_path):
     path = _model_dir(tmp_path)
     by_path = compose("model=hf", f"model.path={path}")
     by_id = compose("model=hf", "model.hub_id=Qwen/Qwen2.5-0.5B", "model.revision=main")
-    validate(by_path), validate(by_id)
+    check(by_path), check(by_id)
     assert (by_path.model.name, by_id.model.name) == ("my-qwen", "Qwen2.5-0.5B")
     assert source_of(by_path).spec(by_path) == {"source": "hub", "id": str(path), "dtype": "bfloat16"}
     assert source_of(by_id).spec(by_id) == {"source": "hub", "id": "Qwen/Qwen2.5-0.5B", "dtype": "bfloat16", "revision": "main"}
@@ -58,20 +64,20 @@ def test_options_a_source_does_not_read_are_refused_in_one_line(compose, tmp_pat
     option = option.format(path=_model_dir(tmp_path))
     cfg = compose(f"model={model}", option, *(["data=entityquestions"] if model != "tiny_world" else []))
     with pytest.raises(ConfigError) as err:
-        validate(cfg)
+        check(cfg)
     message = str(err.value)
     assert message.startswith(f"{option} is not read by model={model}") and "model=hf" in message and "\n" not in message
 
 
 def test_pretraining_options_are_refused_on_other_models_and_hf_needs_weights(compose, tmp_path):
     with pytest.raises(ConfigError, match=r"^model.pretrain.\* is not read by model=smollm2_135m .* read by model=tiny_world$"):
-        validate(compose("model=smollm2_135m", "model.pretrain.epochs=2", "data=entityquestions"))
+        check(compose("model=smollm2_135m", "model.pretrain.epochs=2", "data=entityquestions"))
     with pytest.raises(ConfigError, match="model=hf needs its weights: set model.hub_id"):
-        validate(compose("model=hf"))
+        check(compose("model=hf"))
     with pytest.raises(ConfigError, match="model.revision=main selects a commit of model.hub_id"):
-        validate(compose("model=hf", f"model.path={_model_dir(tmp_path)}", "model.revision=main"))
+        check(compose("model=hf", f"model.path={_model_dir(tmp_path)}", "model.revision=main"))
     with pytest.raises(ConfigError, match="^model=tiny_world is pretrained on the synthetic world"):
-        validate(compose("data=entityquestions"))
+        check(compose("data=entityquestions"))
 
 
 def test_every_source_keys_its_base_model_without_weights(compose):

@@ -12,7 +12,8 @@ from sft_knowledge.config import ConfigError, validate
 from sft_knowledge.data.facts import Fact
 from sft_knowledge.fsdp import sft_fsdp
 from sft_knowledge.pretrain import train_tokenizer
-from sft_knowledge.restore import in_region, select_thresholds
+from sft_knowledge.restore import select_thresholds
+from sft_knowledge.structure import model_structure
 from sft_knowledge.config import TrainConfig
 from sft_knowledge.train import MasterWeights, SFTJob, _batch, cosine_lr, sft, sft_examples
 
@@ -57,13 +58,17 @@ def runs(tok):
     return {precision: _fine_tune(tok, precision) for precision in ("fp32_master", "pure")}
 
 
+def _transformer(tok):
+    return model_structure(_model(tok)).region("transformer")
+
+
 def _changed_share(base, ft, names) -> float:
     return sum(int((ft[n] != base[n]).sum()) for n in names) / sum(base[n].numel() for n in names)
 
 
-def test_fp32_master_changes_far_more_scalars_than_pure(runs):
+def test_fp32_master_changes_far_more_scalars_than_pure(runs, tok):
     base, _, _, _ = runs["pure"]
-    matrices = [n for n in base if in_region(n, "transformer")]
+    matrices = sorted(_transformer(tok).names & base.keys())
     shares = {p: _changed_share(base, ft, matrices) for p, (_, ft, _, _) in runs.items()}
     assert shares["fp32_master"] > 2 * shares["pure"] > 0, shares
     # Pure bf16 moves only the smallest weights. Within 8 steps Adam's |m_hat| / sqrt(v_hat) is at most 1.03
@@ -128,12 +133,12 @@ def test_pure_is_adamw_on_the_bf16_weights(tok, runs):
         assert t.dtype == torch.bfloat16 and torch.equal(pure_ft[n], t), n
 
 
-def test_update_share_of_the_top_1_percent_is_lower_under_fp32_master(runs):
+def test_update_share_of_the_top_1_percent_is_lower_under_fp32_master(runs, tok):
     """Table 3's statistic: the share of the summed relative change held by the top 1% (and 20%) of scalars. Pure bf16
     concentrates the update on the few small weights it can move; the paper's 70.6-71.1% needs the masters."""
     shares = {}
     for precision, (base, ft, _, _) in runs.items():
-        selections = select_thresholds(base, ft, [1, 20], region="transformer")
+        selections = select_thresholds(base, ft, [1, 20], _transformer(tok))
         shares[precision] = (selections[1].change_share, selections[20].change_share)
     assert shares["fp32_master"][0] < shares["pure"][0] and shares["fp32_master"][1] < shares["pure"][1], shares
 
@@ -189,7 +194,7 @@ def test_fsdp_fp32_master_shards_fp32_computes_bf16_and_saves_bf16(tok, runs, tm
     base, single_ft, _, single_log = runs["fp32_master"]
     _, pure_ft, _, _ = runs["pure"]
     ft = tuned.state_dict()
-    matrices = [n for n in base if in_region(n, "transformer")]
+    matrices = sorted(_transformer(tok).names & base.keys())
     # Another order of sums and FSDP's bf16 activations in place of autocast's: the same scalars flip, give or take
     # those whose masters end near a bf16 rounding boundary (measured: 99.9% agree, shares 0.04% apart, losses 2e-4).
     sharded, single, pure = (_changed_share(base, w, matrices) for w in (ft, single_ft, pure_ft))

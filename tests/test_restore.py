@@ -7,11 +7,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge import restore
 from sft_knowledge.recipe import weight_copy
+from sft_knowledge.structure import model_structure
 from sft_knowledge.restore import (
     REGIONS,
     SCOPES,
     STRATEGIES,
-    in_region,
     relative_change,
     restore_into,
     restore_layers,
@@ -22,12 +22,16 @@ from sft_knowledge.restore import (
 RATIOS = [0, 1, 3, 5, 10, 20, 40, 60, 100]
 
 
-def tiny_llama() -> LlamaForCausalLM:
+def tiny_llama(layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, vocab_size=50
+        hidden_size=16, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2, vocab_size=50
     )
     return LlamaForCausalLM(config)
+
+
+LLAMA = model_structure(tiny_llama())  # the regions of tiny_llama's state dicts (and of the hand-made ones below)
+TRANSFORMER, MLP = LLAMA.region("transformer"), LLAMA.region("mlp")
 
 
 def base_and_ft(dtype=torch.float32):
@@ -40,7 +44,7 @@ def base_and_ft(dtype=torch.float32):
 
 def reference_scores(base, ft, region, strategy, seed, skip=()) -> tuple[list[str], torch.Tensor]:
     """The flattened concatenation of the region's scores: exactly what the streaming selection avoids building."""
-    names = [n for n in base if in_region(n, region) and n not in skip]
+    names = [n for n in base if n in region.names and n not in skip]
     parts = []
     for n in names:
         r = relative_change(ft[n], base[n]).flatten()
@@ -111,8 +115,8 @@ def check_selection(base, ft, selections, region, strategy, seed=0, scope="globa
 def test_selection_matches_global_topk(strategy):
     base, ft = base_and_ft()
     for region in REGIONS:
-        selections = select_thresholds(base, ft, RATIOS, region=region, strategy=strategy, seed=7)
-        check_selection(base, ft, selections, region, strategy, seed=7)
+        selections = select_thresholds(base, ft, RATIOS, LLAMA.region(region), strategy=strategy, seed=7)
+        check_selection(base, ft, selections, LLAMA.region(region), strategy, seed=7)
         assert all(s.passes == 2 for s in selections.values())  # a histogram pass and a bracket pass, for all ratios
 
 
@@ -134,13 +138,13 @@ def test_heavy_ties_and_zero_changes(chunk, monkeypatch):
     ft["model.layers.1.mlp.down_proj.weight"].view(-1)[:100] += 0.1 * torch.randn(100, generator=g)
     ratios = [0, 10, 25, 40, 50, 60, 75, 90, 100]
     for strategy in ("top", "bottom"):
-        selections = select_thresholds(base, ft, ratios, strategy=strategy)
-        check_selection(base, ft, selections, "transformer", strategy)
-        _, flat = reference_scores(base, ft, "transformer", strategy, 0)
+        selections = select_thresholds(base, ft, ratios, TRANSFORMER, strategy=strategy)
+        check_selection(base, ft, selections, TRANSFORMER, strategy)
+        _, flat = reference_scores(base, ft, TRANSFORMER, strategy, 0)
         for sel in selections.values():
             if sel.k:
                 assert sum(sel.ties_taken.values()) == sel.k - int((flat > sel.threshold).sum())
-    assert select_thresholds(base, ft, [50])[50].threshold == 0.0  # half of the 1000 scalars are unchanged
+    assert select_thresholds(base, ft, [50], TRANSFORMER)[50].threshold == 0.0  # half of the 1000 scalars are unchanged
 
 
 def test_ties_across_tensors_at_the_threshold(monkeypatch):
@@ -152,8 +156,9 @@ def test_ties_across_tensors_at_the_threshold(monkeypatch):
     for i, n in enumerate(names):
         ft[n].view(-1)[i::3] = 1.25  # relative change exactly 0.25: 34, 33, 33 ties, interleaved with zeros
         ft[n].view(-1)[99] = 3.0  # one clear winner per tensor (replaces a tie in the first)
-    sel = select_thresholds(base, ft, [1, 2, 20, 34, 100 / 3, 100 * 67 / 300, 50, 100])
-    check_selection(base, ft, sel, "transformer", "top")
+    region = model_structure(tiny_llama(layers=3)).region("transformer")
+    sel = select_thresholds(base, ft, [1, 2, 20, 34, 100 / 3, 100 * 67 / 300, 50, 100], region)
+    check_selection(base, ft, sel, region, "top")
     assert [sel[20].ties_taken[n] for n in names] == [33, 24, 0]  # 33 ties of the first tensor, then 24 of the second
     assert sel[20].threshold == 0.25 and sel[1].threshold == 2.0 and sel[50].threshold == 0.0
 
@@ -161,12 +166,12 @@ def test_ties_across_tensors_at_the_threshold(monkeypatch):
 def test_many_ratios_at_once_match_one_at_a_time():
     base, ft = base_and_ft(torch.bfloat16)
     ratios = [i / 4 for i in range(401)]
-    together = select_thresholds(base, ft, ratios, region="all")
+    together = select_thresholds(base, ft, ratios, LLAMA.region("all"))
     assert len(together) == 401 and all(s.passes == 2 for s in together.values())
     for ratio in (0, 0.25, 3, 33.5, 60, 99.75, 100):
-        alone = select_thresholds(base, ft, [ratio], region="all")[ratio]
+        alone = select_thresholds(base, ft, [ratio], LLAMA.region("all"))[ratio]
         assert (alone.k, alone.per_tensor, alone.ties_taken) == (together[ratio].k, together[ratio].per_tensor, together[ratio].ties_taken)
-    check_selection(base, ft, {r: together[r] for r in ratios[::40]}, "all", "top")
+    check_selection(base, ft, {r: together[r] for r in ratios[::40]}, LLAMA.region("all"), "top")
     # Top-k sets are nested: a larger ratio restores at least every scalar a smaller one does, tensor by tensor.
     for small, large in zip(ratios, ratios[1:]):
         assert all(together[small].per_tensor[n] <= together[large].per_tensor[n] for n in together[small].per_tensor)
@@ -178,10 +183,10 @@ def test_scopes_match_topk_per_group(scope, strategy, monkeypatch):
     monkeypatch.setattr(restore, "CHUNK", 64)
     base, ft = base_and_ft()
     for region in ("transformer", "all"):
-        selections = select_thresholds(base, ft, RATIOS, region, strategy, seed=7, scope=scope)
-        check_selection(base, ft, selections, region, strategy, seed=7, scope=scope)
+        selections = select_thresholds(base, ft, RATIOS, LLAMA.region(region), strategy, seed=7, scope=scope)
+        check_selection(base, ft, selections, LLAMA.region(region), strategy, seed=7, scope=scope)
         assert all(s.passes == 2 and math.isnan(s.threshold) for s in selections.values())
-    sel = select_thresholds(base, ft, [10], "all", strategy, scope=scope)[10]
+    sel = select_thresholds(base, ft, [10], LLAMA.region("all"), strategy, scope=scope)[10]
     # Every tensor (per_tensor) or every decoder layer (per_layer) gives up its own 10%, norms included.
     per_layer = [sum(v for n, v in sel.per_tensor.items() if f"layers.{i}." in n) for i in range(2)]
     layer_size = sum(t.numel() for n, t in base.items() if "layers.0." in n)
@@ -193,11 +198,11 @@ def test_scopes_match_topk_per_group(scope, strategy, monkeypatch):
 
 def test_global_scope_is_the_default_and_unknown_scope_raises():
     base, ft = base_and_ft()
-    default, explicit = select_thresholds(base, ft, [10])[10], select_thresholds(base, ft, [10], scope="global")[10]
+    default, explicit = select_thresholds(base, ft, [10], TRANSFORMER)[10], select_thresholds(base, ft, [10], TRANSFORMER, scope="global")[10]
     assert default == explicit and default.scope == "global"
     assert SCOPES == ("global", "per_tensor", "per_layer")
     with pytest.raises(ValueError, match="unknown scope 'per_row'"):
-        select_thresholds(base, ft, [10], scope="per_row")
+        select_thresholds(base, ft, [10], TRANSFORMER, scope="per_row")
 
 
 def tied_pair() -> tuple[LlamaForCausalLM, dict, dict]:
@@ -228,10 +233,12 @@ def test_tied_embeddings_counted_and_restored_once(copies):
         base, ft = ({n: t.clone() for n, t in state.items()} for state in (base, ft))
     ft_values = {n: t.clone() for n, t in ft.items()}
     emb = base["model.embed_tokens.weight"].numel()
-    for region in ("embedding", "all"):
+    structure = model_structure(model)
+    assert structure.tied == {"lm_head.weight": "model.embed_tokens.weight"} and structure.tied_embeddings
+    for region in map(structure.region, ("embedding", "all")):
         sel = select_thresholds(base, ft, [0, 10, 100], region)
         assert "lm_head.weight" not in sel[10].per_tensor
-        assert sel[10].n_total == sum(t.numel() for n, t in base.items() if in_region(n, region)) - emb
+        assert sel[10].n_total == sum(t.numel() for n, t in base.items() if n in region.names) - emb
         check_selection(base, ft, sel, region, "top", skip={"lm_head.weight"})
         restored = dict(restored_state(base, ft, sel[10], region, "top", 0))
         assert restored["lm_head.weight"] is restored["model.embed_tokens.weight"]  # still one tensor
@@ -243,17 +250,22 @@ def test_tied_embeddings_counted_and_restored_once(copies):
     assert all(torch.equal(ft[n], ft_values[n]) for n in ft)  # restoring wrote into the model, never into ft
 
 
-def test_untied_embeddings_are_counted_separately_and_any_shared_storage_once():
+def test_untied_embeddings_are_counted_separately_and_any_shared_parameter_once():
     base, ft = base_and_ft()  # tiny_llama does not tie: lm_head and embed_tokens differ
-    sel = select_thresholds(base, ft, [10], "embedding")[10]
+    assert not LLAMA.tied and not LLAMA.tied_embeddings
+    sel = select_thresholds(base, ft, [10], LLAMA.region("embedding"))[10]
     assert set(sel.per_tensor) == {"model.embed_tokens.weight", "lm_head.weight"}
     assert sel.n_total == 2 * base["lm_head.weight"].numel()
+    model = tiny_llama()  # a model holding one of its projections under a second name, in another layer
+    model.model.layers[1].mlp.shared_proj = model.model.layers[0].mlp.up_proj
     alias, source = "model.layers.1.mlp.shared_proj.weight", "model.layers.0.mlp.up_proj.weight"
-    tied_base, tied_ft = {**base, alias: base[source]}, {**ft, alias: ft[source]}
-    tied = select_thresholds(tied_base, tied_ft, [10, 50])
-    assert alias not in tied[10].per_tensor and tied[10].n_total == select_thresholds(base, ft, [10])[10].n_total
-    assert all(tied[r].per_tensor == s.per_tensor for r, s in select_thresholds(base, ft, [10, 50]).items())
-    restored = dict(restored_state(tied_base, tied_ft, tied[50], "transformer", "top", 0))
+    region = model_structure(model).region("transformer")
+    assert region.tied == {alias: source} and alias in region.names
+    tied_base, tied_ft = {**base, alias: base[source].clone()}, {**ft, alias: ft[source].clone()}  # copies, key by key
+    tied = select_thresholds(tied_base, tied_ft, [10, 50], region)
+    assert alias not in tied[10].per_tensor and tied[10].n_total == select_thresholds(base, ft, [10], TRANSFORMER)[10].n_total
+    assert all(tied[r].per_tensor == s.per_tensor for r, s in select_thresholds(base, ft, [10, 50], TRANSFORMER).items())
+    restored = dict(restored_state(tied_base, tied_ft, tied[50], region, "top", 0))
     assert restored[alias] is restored[source]
 
 
@@ -261,7 +273,7 @@ def test_bf16_weights():
     base, ft = base_and_ft(torch.bfloat16)
     assert (base["model.norm.weight"] == ft["model.norm.weight"]).any()  # bf16 rounding leaves some scalars unchanged
     for strategy in STRATEGIES:
-        check_selection(base, ft, select_thresholds(base, ft, RATIOS, region="all", strategy=strategy), "all", strategy)
+        check_selection(base, ft, select_thresholds(base, ft, RATIOS, LLAMA.region("all"), strategy=strategy), LLAMA.region("all"), strategy)
 
 
 def test_each_tensor_is_read_once_per_pass():
@@ -273,47 +285,47 @@ def test_each_tensor_is_read_once_per_pass():
             return super().__getitem__(name)
 
     base, ft = base_and_ft()
-    n_region = sum(in_region(n, "transformer") for n in ft)
-    sel = select_thresholds(base, CountingDict(ft), RATIOS)[10]
+    n_region = sum(n in TRANSFORMER.names for n in ft)
+    sel = select_thresholds(base, CountingDict(ft), RATIOS, TRANSFORMER)[10]
     assert sel.passes == 2 and CountingDict.reads == n_region * (sel.passes + 1)  # + 1: the shape check
 
 
 def test_ratio_zero_and_hundred():
     base, ft = base_and_ft()
-    sel = select_thresholds(base, ft, [0, 100])
+    sel = select_thresholds(base, ft, [0, 100], TRANSFORMER)
     assert sel[0].k == 0 and math.isnan(sel[0].threshold) and sum(sel[0].per_tensor.values()) == 0
     assert sel[100].k == sel[100].n_total == sum(sel[100].per_tensor.values())
     assert sel[100].change_share == pytest.approx(1.0)
-    restored = dict(restored_state(base, ft, sel[100], "transformer", "top", 0))
-    assert all(torch.equal(restored[n], base[n] if in_region(n, "transformer") else ft[n]) for n in ft)
+    restored = dict(restored_state(base, ft, sel[100], TRANSFORMER, "top", 0))
+    assert all(torch.equal(restored[n], base[n] if n in TRANSFORMER.names else ft[n]) for n in ft)
 
 
 def test_change_share():
     base, ft = base_and_ft()
-    sel = select_thresholds(base, ft, [10, 40])
-    _, flat = reference_scores(base, ft, "transformer", "top", 0)
+    sel = select_thresholds(base, ft, [10, 40], TRANSFORMER)
+    _, flat = reference_scores(base, ft, TRANSFORMER, "top", 0)
     for ratio in (10, 40):
         top = flat.double().topk(sel[ratio].k).values
         assert sel[ratio].change_share == pytest.approx((top.sum() / flat.double().sum()).item(), rel=1e-6)
-    bottom = select_thresholds(base, ft, [10], strategy="bottom")[10]
+    bottom = select_thresholds(base, ft, [10], TRANSFORMER, strategy="bottom")[10]
     assert bottom.change_share == pytest.approx((-flat.double()).topk(bottom.k).values.neg().sum().item() / flat.double().sum().item(), rel=1e-6)
     assert bottom.change_share < sel[10].change_share
 
 
 def test_random_is_deterministic_per_seed():
     base, ft = base_and_ft()
-    a, b = (select_thresholds(base, ft, [20], strategy="random", seed=3)[20] for _ in range(2))
-    c = select_thresholds(base, ft, [20], strategy="random", seed=4)[20]
+    a, b = (select_thresholds(base, ft, [20], TRANSFORMER, strategy="random", seed=3)[20] for _ in range(2))
+    c = select_thresholds(base, ft, [20], TRANSFORMER, strategy="random", seed=4)[20]
     assert a.per_tensor == b.per_tensor and a.threshold == b.threshold and a.threshold != c.threshold
 
 
 def test_restore_into_model_and_ratio_sweep():
     base, ft = base_and_ft()
-    sel = select_thresholds(base, ft, [10, 40])
-    expected = dict(restored_state(base, ft, sel[10], "transformer", "top", 0))
+    sel = select_thresholds(base, ft, [10, 40], TRANSFORMER)
+    expected = dict(restored_state(base, ft, sel[10], TRANSFORMER, "top", 0))
     model = tiny_llama()
-    restore_into(model, base, ft, sel[40], "transformer", "top", 0)
-    restore_into(model, base, ft, sel[10], "transformer", "top", 0)  # must start from ft, not from the 40% state
+    restore_into(model, base, ft, sel[40], TRANSFORMER, "top", 0)
+    restore_into(model, base, ft, sel[10], TRANSFORMER, "top", 0)  # must start from ft, not from the 40% state
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), expected[n])
     restored = sum(int((p.detach() == base[n]).sum()) for n, p in model.named_parameters())
@@ -332,9 +344,9 @@ def test_weight_copies_beside_the_model_or_in_node_memory_restore_the_same(where
     ft_copy = weight_copy(model, where)
     assert {t.device.type for t in base_copy.values()} == {"cpu" if where == "cpu" else device}
     assert all(torch.equal(base_copy[n].cpu(), base[n]) and torch.equal(ft_copy[n].cpu(), ft[n]) for n in base)
-    sel = select_thresholds(base_copy, ft_copy, [10])
-    restore_into(model, base_copy, ft_copy, sel[10], "transformer", "top", 0)
-    expected = dict(restored_state(base, ft, select_thresholds(base, ft, [10])[10], "transformer", "top", 0))
+    sel = select_thresholds(base_copy, ft_copy, [10], TRANSFORMER)
+    restore_into(model, base_copy, ft_copy, sel[10], TRANSFORMER, "top", 0)
+    expected = dict(restored_state(base, ft, select_thresholds(base, ft, [10], TRANSFORMER)[10], TRANSFORMER, "top", 0))
     for n, p in model.named_parameters():
         assert torch.equal(p.detach().cpu(), expected[n]), n
 
@@ -342,7 +354,7 @@ def test_weight_copies_beside_the_model_or_in_node_memory_restore_the_same(where
 def test_restore_layers():
     base, ft = base_and_ft()
     model = tiny_llama()
-    count = restore_layers(model, base, ft, {1})
+    count = restore_layers(model, base, ft, {1}, TRANSFORMER)
     block = [n for n in base if "layers.1." in n and "norm" not in n]
     assert len(block) == 7 and count == sum(base[n].numel() for n in block)
     for n, p in model.named_parameters():
@@ -354,27 +366,27 @@ def test_region_names_on_llama():
     projections = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in (
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
     )}
-    assert {n for n in names if in_region(n, "transformer")} == projections
-    assert {n for n in names if in_region(n, "attention")} == {n for n in projections if "self_attn" in n}
-    assert {n for n in names if in_region(n, "mlp")} == {n for n in projections if ".mlp." in n}
-    assert {n for n in names if in_region(n, "embedding")} == {"model.embed_tokens.weight", "lm_head.weight"}
-    assert all(in_region(n, "all") for n in names)
+    assert LLAMA.regions["transformer"] == projections
+    assert LLAMA.regions["attention"] == {n for n in projections if "self_attn" in n}
+    assert LLAMA.regions["mlp"] == {n for n in projections if ".mlp." in n}
+    assert LLAMA.regions["embedding"] == {"model.embed_tokens.weight", "lm_head.weight"}
+    assert LLAMA.regions["all"] == set(names)
     with pytest.raises(ValueError, match="unknown region 'ffn'"):
-        in_region("model.layers.0.mlp.up_proj.weight", "ffn")
+        LLAMA.region("ffn")
 
 
 def test_bad_inputs_raise():
     base, ft = base_and_ft()
     with pytest.raises(ValueError, match="outside"):
-        select_thresholds(base, ft, [101])
+        select_thresholds(base, ft, [101], TRANSFORMER)
     with pytest.raises(ValueError, match="strategy"):
-        select_thresholds(base, ft, [1], strategy="worst")
+        select_thresholds(base, ft, [1], TRANSFORMER, strategy="worst")
     missing = {n: t for n, t in ft.items() if n != "model.layers.0.mlp.up_proj.weight"}
     with pytest.raises(ValueError, match="model.layers.0.mlp.up_proj.weight"):
-        select_thresholds(base, missing, [1])
+        select_thresholds(base, missing, [1], TRANSFORMER)
     reshaped = {**ft, "model.layers.1.self_attn.q_proj.weight": torch.zeros(4, 4)}
     with pytest.raises(ValueError, match="model.layers.1.self_attn.q_proj.weight"):
-        select_thresholds(base, reshaped, [1])
+        select_thresholds(base, reshaped, [1], TRANSFORMER)
 
 
 def planted_zeros() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -389,11 +401,12 @@ def planted_zeros() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
 
 def test_exact_zeros_are_counted_per_region():
     base, ft = planted_zeros()
-    assert restore.exact_zeros(base, ft) == {
+    assert restore.exact_zeros(base, ft, LLAMA) == {
         "transformer": {"zeros": 4, "scalars": 12}, "attention": {"zeros": 1, "scalars": 4}, "mlp": {"zeros": 3, "scalars": 8},
         "embedding": {"zeros": 2, "scalars": 3}, "all": {"zeros": 7, "scalars": 17}}
     tied_base = base | {"lm_head.weight": base["model.embed_tokens.weight"]}  # tied: counted once
-    assert restore.exact_zeros(tied_base, ft | {"lm_head.weight": ft["model.embed_tokens.weight"]})["embedding"] == \
+    tied = model_structure(tied_pair()[0])
+    assert restore.exact_zeros(tied_base, ft | {"lm_head.weight": ft["model.embed_tokens.weight"]}, tied)["embedding"] == \
         {"zeros": 2, "scalars": 3}
 
 
@@ -405,21 +418,21 @@ def test_guarded_zeros_top_the_ranking_and_unranked_ones_do_not():
     up = "model.layers.0.mlp.up_proj.weight"
 
     def restored_positions(sel, strategy="top") -> list[int]:
-        restored = dict(restored_state(base, ft, sel, "mlp", strategy, 0))[up]
+        restored = dict(restored_state(base, ft, sel, MLP, strategy, 0))[up]
         return (restored != ft[up]).nonzero()[:, 1].tolist()
 
-    guarded = select_thresholds(base, ft, [25], "mlp")[25]
+    guarded = select_thresholds(base, ft, [25], MLP)[25]
     assert restored_positions(guarded) == [0, 7] and guarded.change_share > 0.9999
     assert relative_change(ft[up], base[up])[0, 7] > 1e5 and relative_change(ft[up], base[up], eps=1e-4)[0, 7] < 1e2
-    unranked = select_thresholds(base, ft, [25], "mlp", zeros="unranked")[25]
+    unranked = select_thresholds(base, ft, [25], MLP, zeros="unranked")[25]
     assert (unranked.eps, unranked.zeros) == (1e-8, "unranked")
     assert restored_positions(unranked) == [1, 6] and unranked.change_share == pytest.approx(6 / 7.75, rel=1e-3)
-    exact = select_thresholds(base, ft, [25], "mlp", eps=0.0, zeros="unranked")[25]  # no guard, and no nan at 0 / 0
+    exact = select_thresholds(base, ft, [25], MLP, eps=0.0, zeros="unranked")[25]  # no guard, and no nan at 0 / 0
     assert restored_positions(exact) == [1, 6] and exact.change_share == pytest.approx(6 / 7.75, rel=1e-3)
     assert relative_change(ft[up], base[up], 0.0, "unranked")[0, [0, 4, 7]].tolist() == [0.0, 0.0, 0.0]
     # bottom: unranked zeros count as unchanged, so the least changed are scalars 0 and 4 (flat order; 4 did not move)
-    bottom = select_thresholds(base, ft, [25], "mlp", "bottom", zeros="unranked")[25]
+    bottom = select_thresholds(base, ft, [25], MLP, "bottom", zeros="unranked")[25]
     assert bottom.per_tensor == {up: 2} and restored_positions(bottom, "bottom") == [0]
-    assert restored_positions(select_thresholds(base, ft, [25], "mlp", "bottom")[25], "bottom") == [5]  # 4, then 2.5e-4
+    assert restored_positions(select_thresholds(base, ft, [25], MLP, "bottom")[25], "bottom") == [5]  # 4, then 2.5e-4
     with pytest.raises(ValueError, match="unknown zeros rule 'skip'"):
-        select_thresholds(base, ft, [25], zeros="skip")
+        select_thresholds(base, ft, [25], MLP, zeros="skip")

@@ -11,7 +11,7 @@ from sft_knowledge.cache import Cache
 from sft_knowledge.data.synthetic import build_world
 from sft_knowledge.errors import ModelError
 from sft_knowledge.models import build_tiny_world
-from sft_knowledge.sources import tiny_world_spec
+from sft_knowledge.config import tiny_world_spec
 
 SHIPPED_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "pretrain_stats.json",
                  "spec.json"}

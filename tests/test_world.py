@@ -7,9 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_knowledge.data.facts import normalise
-from sft_knowledge.config import PretrainConfig, SyntheticWorldConfig
+from sft_knowledge.config import PretrainConfig, SyntheticWorldConfig, tiny_world_spec
 from sft_knowledge.data.synthetic import build_world
-from sft_knowledge.sources import tiny_world_spec
 from sft_knowledge.pretrain import estimated_minutes, optimizers, pretrain
 
 SMALL = SyntheticWorldConfig(n_train=500, n_test=200, n_testood=120, n_bridge_per_relation=5, n_background_per_ood_relation=10,
