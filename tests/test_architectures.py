@@ -199,3 +199,35 @@ def test_a_model_whose_structure_is_not_understood_is_one_line():
     with pytest.raises(ModelError, match=r"^Toy: no attention module found in its decoder layer Sequential") as err2:
         model_structure(Toy(PretrainedConfig(), blocks=2))
     assert "\n" not in str(err.value) + str(err2.value)
+
+
+# The smoke world's size without its pretraining settings (tiny_world's, which model=hf refuses)
+SMALL_WORLD = ["data.size=60", "data.world.n_train=500", "data.world.n_test=200", "data.world.n_testood=200",
+               "data.world.n_bridge_per_relation=10", "data.world.n_background_per_ood_relation=30", "data.world.pool_scale=0.3",
+               "probe.n_map=3", "probe.n_sample=4", "probe.max_new_tokens=12", "kl.curve_points=3", "restore.ratios=[0,5,100]",
+               "restore.region=all", "logger.mode=disabled",
+               # a random model masters nothing: the KL is read on D_test-0, every fact, at the first generated token
+               "kl.level=0", "kl.base_prompt=qa", "kl.answer_within_tokens=null", "kl.position=first_token"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, dtype, train", [("qwen2", "float32", "full"), ("phi3", "bfloat16", "lora"),
+                                                ("gemma3", "bfloat16", "full"), ("gpt_neox", "float32", "full")])
+def test_model_hf_runs_the_whole_pipeline(arch, dtype, train, random_model_dir, compose, tmp_path):
+    """model=hf model.path=<a saved model>: probe, SFT (full or LoRA on every projection), evaluation, KL and
+    restoration run, and the run is named after the model's directory."""
+    from sft_knowledge.run import execute
+
+    path = random_model_dir(arch, dtype)
+    lora = ["train=lora", "train.lora_target_modules=[all-linear]"] if train == "lora" else []
+    cfg = compose("model=hf", f"model.path={path}", f"model.dtype={dtype}", *SMALL_WORLD, *lora,
+                  f"paths.output_dir={tmp_path}")
+    result = execute(cfg)
+    assert cfg.model.name == path.name and result.run_key.startswith(f"{path.name}-all-60-") and result.base_model == str(path)
+    assert {split: sum(c) for split, c in result.level_counts.items()} == {"train": 500, "test": 200, "testood": 200}
+    assert result.n_train_facts == 60 and len(result.train_loss) == 8  # 60 facts in batches of 8
+    assert result.kl is not None and result.kl.n == result.level_counts["test"][0] > 0 and result.kl.mean > 0
+    points = {p.ratio: p for p in result.restore}
+    assert sorted(points) == [0, 5, 100] and points[0].acc == result.acc and points[0].n_restored == 0
+    assert points[100].n_restored == points[100].n_region and points[100].change_share == pytest.approx(100.0)
+    assert 0 < points[5].n_restored < points[100].n_restored
