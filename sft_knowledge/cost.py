@@ -197,6 +197,13 @@ class Memory:
     what: str  # the terms, for the listing
 
 
+def state_bytes(cfg: Config) -> int:
+    """Bytes per trained scalar: its weight, gradient and AdamW's two moments, in float32 under fp32_master (and for
+    LoRA's adapters, which peft keeps in float32), else in the model's dtype."""
+    wb = BYTES[cfg.model.dtype]
+    return 16 if cfg.train.precision == "fp32_master" or cfg.train.method == "lora" else 4 * wb
+
+
 def _gpus(cfg: Config) -> int:
     return max(cfg.resources.gpus, 1)
 
@@ -218,12 +225,12 @@ def memory(cfg: Config, shape: Shape, a: Assumptions) -> dict[str, Memory]:
 
     # SFT: the base copy for restoration is taken before it (recipe.fine_tune), beside the model or in node memory
     base_copy = p * wb
-    state_b = 16 if cfg.train.precision == "fp32_master" or wb == 4 else 4 * wb  # weights, gradients, AdamW's two moments
+    state_b = state_bytes(cfg)
     micro = effective(cfg).micro_batch_size
     acts = shape.activation_bytes(micro * a.sft_tokens, wb, cfg.model.gradient_checkpointing)
     if lora:
         adapters = shape.lora_params(cfg.train.lora_rank, cfg.train.lora_target_modules)
-        gpu, node = p * wb / spread + adapters * 16 + acts, 0.0
+        gpu, node = p * wb / spread + adapters * state_b + acts, 0.0
         what = f"frozen weights {_gb(p * wb)} + {adapters / 1e6:.3g}M adapter scalars x 16 B + activations"
     elif fsdp:
         procs = cfg.train.fsdp_processes or _gpus(cfg)
@@ -238,7 +245,7 @@ def memory(cfg: Config, shape: Shape, a: Assumptions) -> dict[str, Memory]:
     else:
         gpu, node = p * state_b / spread + acts, 0.0
         what = f"{state_b} B/param ({_gb(p * state_b)}) + activations" + _over(spread)
-    if on_device and not (fsdp and cfg.train.fsdp_cpu_offload):
+    if on_device:
         gpu += base_copy / spread
         what += f" + base copy {_gb(base_copy)}"
     else:
@@ -259,7 +266,7 @@ def memory(cfg: Config, shape: Shape, a: Assumptions) -> dict[str, Memory]:
 
 
 def _gb(n_bytes: float) -> str:
-    return f"{n_bytes / GB:.3g} GB"
+    return f"{n_bytes / GB:,.0f} GB" if n_bytes >= 100 * GB else f"{n_bytes / GB:.3g} GB"
 
 
 def _over(spread: int) -> str:
@@ -356,10 +363,10 @@ def gpu_hours(cfg: Config, shape: Shape, a: Assumptions, train_levels: list[int]
     steps = sft_steps(cfg, train_levels)
     micro = effective(cfg).micro_batch_size
     procs = (cfg.train.fsdp_processes or _gpus(cfg)) if fsdp else 1
-    passes = procs * math.ceil(math.ceil(cfg.train.batch_size / procs) / micro)
-    reads = (3 if cfg.model.gradient_checkpointing else 2) * passes * p * wb
+    forwards = procs * math.ceil(math.ceil(cfg.train.batch_size / procs) / micro)  # micro-batches of every process
+    reads = (3 if cfg.model.gradient_checkpointing else 2) * forwards * p * wb
     trainable = shape.lora_params(cfg.train.lora_rank, cfg.train.lora_target_modules) if lora else p
-    state_b = 16 if cfg.train.precision == "fp32_master" or wb == 4 or lora else 4 * wb
+    state_b = state_bytes(cfg)
     optimizer = 2 * trainable * state_b
     per_token = (2 if lora else 4) + 2 + (2 if cfg.model.gradient_checkpointing else 0)  # backward skips frozen weights' grads
     compute = cfg.train.batch_size * a.sft_tokens * per_token * shape.matmul_params / flops
@@ -370,7 +377,7 @@ def gpu_hours(cfg: Config, shape: Shape, a: Assumptions, train_levels: list[int]
         busy = (optimizer + reads) / hbm + compute
         wall = busy / procs
         step = f"{_gb(optimizer)} optimizer + {_gb(reads)} weight reads at {a.hbm_tb_s:g} TB/s + {compute * 1e3:.3g} ms FLOP"
-    out["sft"] = Stage(steps * busy / 3600, steps * wall / 3600, f"{steps:,} steps x {busy:.3f} GPU-s ({step})")
+    out["sft"] = Stage(steps * busy / 3600, steps * wall / 3600, f"{steps:,} steps x {busy:.3g} GPU-s ({step})")
     every = cfg.checkpoint.every
     saves = (steps - 1) // every if every > 0 else 0  # none after the last step: the entry is saved instead
     saved = trainable * state_b * 3 // 4  # weights and AdamW's two moments (no gradients)
@@ -385,8 +392,8 @@ def gpu_hours(cfg: Config, shape: Shape, a: Assumptions, train_levels: list[int]
     cap = cfg.eval.max_per_level
     eval_facts = sum(min(sizes[s], LEVELS * cap) if cap else sizes[s] for s in ("test", "testood"))
     answers = (1 + ratios + blocks) * eval_facts + (1 + ratios) * sft_examples(cfg, train_levels)
-    generation("eval", answers * cfg.eval.max_new_tokens, f" ({answers:,} answers: {1 + ratios + blocks} evaluations of "
-               f"{eval_facts:,} facts, acc_train {1 + ratios} times)", 4 if lora else wb)
+    generation("eval", answers * cfg.eval.max_new_tokens, f" ({answers:,} answers: {1 + ratios + blocks} evaluation(s) of "
+               f"{eval_facts:,} facts, acc_train {1 + ratios} time(s))", 4 if lora else wb)
     kl_facts = min(sizes["test"] / LEVELS, cfg.kl.max_facts or math.inf)
     generation("kl", (cfg.kl.curve_points + 2) * kl_facts * a.kl_tokens,
                f" ({cfg.kl.curve_points + 2} passes over {kl_facts:,.0f} facts of D_test-{cfg.kl.level})")

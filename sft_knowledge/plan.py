@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .cache import Cache, digest
@@ -63,12 +63,12 @@ def cache_state(cfg: Config, cache: Cache, sft_specs: list[dict], data_specs: di
     has_base = cache.has("base_model", base_spec(cfg)) if cfg.model.source != "hub" else None
     if not (cache.root / "probe").is_dir():  # a new cache: nothing to look up (and no dataset to read)
         return CellState(done, has_base, False, False)
-    from .recipe import BaseModel, Data, Mastery, load_data, prescreen_spec, probe_spec, sft_spec
+    from .recipe import BaseModel, Data, Mastery, prescreen_spec, probe_spec, sft_spec
 
     base = BaseModel("", base_spec(cfg), None, None, False)
     data_key = digest([cfg.data.name, semantic(cfg)["data"]["entityquestions"]])
     if data_key not in data_specs:
-        data_specs[data_key] = _data_spec(cfg, cache, load_data)
+        data_specs[data_key] = _data_spec(cfg, cache)
     spec = data_specs[data_key]
     if spec is not None and cfg.data.subset.candidates is not None:
         spec = prescreen_spec(cfg, Data(None, None, spec), base)
@@ -83,11 +83,12 @@ def cache_state(cfg: Config, cache: Cache, sft_specs: list[dict], data_specs: di
     return CellState(done, has_base, True, sft, [levels.count(lv) for lv in range(5)])
 
 
-def _data_spec(cfg: Config, cache: Cache, load_data) -> dict | None:
+def _data_spec(cfg: Config, cache: Cache) -> dict | None:
     """A real dataset's spec when its files are here (a run would fetch them: not the plan); None otherwise."""
     if cfg.data.name == "synthetic":
         return None
     from .data.entityquestions import resolve_root
+    from .recipe import load_data
 
     try:
         resolve_root(cfg.data.entityquestions)  # without the cache: never fetches
@@ -137,12 +138,12 @@ def _count(states: list[CellState], field: str) -> str:
     return text + (f", {unknown} unknown" if unknown else "")
 
 
-def sweep_hours(cfgs: list[Config], states: list[CellState], shape: Shape, a: Assumptions) -> dict[str, list[float]]:
+def sweep_hours(cfgs: list[Config], states: list[CellState], shapes: list[Shape], a: Assumptions) -> dict[str, list[float]]:
     """Per stage: [GPU-hours, GPU-hours held (wall x the cell's GPUs), GPU-hours left to run]. The probe (and the
     pre-screen) is computed once per base model, probe and dataset; SFT once per training setting; the rest per cell."""
     total: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     seen: set[tuple[str, str]] = set()
-    for cfg, state in zip(cfgs, states):
+    for cfg, state, shape in zip(cfgs, states, shapes):
         sem = semantic(cfg)
         subset = cfg.data.subset.candidates is not None  # the pre-screened subset is drawn by data.seed
         shared = {"probe": digest([sem["model"], sem["probe"], sem["data"] | {"size": None, "seed": cfg.data.seed if subset else None}]),
@@ -179,62 +180,95 @@ def plan(argv: list[str], out=sys.stdout) -> int:
     a = Assumptions.default()
     say = lambda line="": print(line, file=out)  # noqa: E731
     varying = axes(cells)
-    fixed = [o for o in cells[0] if o.partition("=")[0] not in varying]
     say(f"{len(cells)} cell{'s' * (len(cells) > 1)}" + (": " + " x ".join(f"{k} ({len(v)})" for k, v in varying.items()) if varying else ""))
     for key, values in varying.items():
         say(f"  {key} = {', '.join(values)}")
-    say(f"  fixed: {' '.join(fixed) or '(defaults)'}")
+    say(f"  fixed: {' '.join(o for o in cells[0] if o.partition('=')[0] not in varying) or '(defaults)'}")
 
-    cfg = cfgs[0]
-    cache = Cache(cfg.paths.cache_dir)
-    sft_specs = cache.specs("sft")
+    sft_specs = {d: Cache(d).specs("sft") for d in {c.paths.cache_dir for c in cfgs}}
     data_specs: dict[str, dict | None] = {}
-    states = [cache_state(c, Cache(c.paths.cache_dir), sft_specs, data_specs) for c in cfgs]
-    say(f"cache ({cfg.paths.cache_dir}): base model {_count(states, 'base') if cfg.model.source != 'hub' else 'not a cache entry (hub weights)'}; "
+    states = [cache_state(c, Cache(c.paths.cache_dir), sft_specs[c.paths.cache_dir], data_specs) for c in cfgs]
+    hub = all(c.model.source == "hub" for c in cfgs)
+    say(f"cache ({cfgs[0].paths.cache_dir}): base model {'not a cache entry (hub weights)' if hub else _count(states, 'base')}; "
         f"probe {_count(states, 'probe')}; SFT {_count(states, 'sft')}; runs done {_count(states, 'done')}")
     if any(s.probe is None for s in states):
-        say(f"  probe and SFT unknown: data={cfg.data.name} is not on this machine (a run fetches it)")
-    if cfg.kl.curve_points > 0 and any(s.sft for s in states):
+        say("  probe and SFT unknown where the dataset is not on this machine (a run fetches it)")
+    if any(s.sft and c.kl.curve_points > 0 for s, c in zip(states, cfgs)):
         say("  (an SFT entry counts when its key matches but for the KL curve's prompts, which the base model's answers decide)")
 
-    config, source = model_config(cfg)
-    if config is None:
-        say(f"model={cfg.model.name}: {source}")
+    shapes = model_shapes(cfgs, say)
+    known = [i for i, shape in enumerate(shapes) if shape is not None]
+    if not known:
         return 0
-    shape = Shape.from_config(config)
-    say(f"model={cfg.model.name} ({source}): {_count_of(shape.params)} parameters ({shape.params:,}): hidden {shape.hidden}, {shape.layers} layers, "
-        f"{shape.heads} heads ({shape.kv_heads} for K/V), MLP {shape.intermediate} {'gated' if shape.gated else 'plain'}, "
-        f"vocab {shape.vocab:,}, {'tied' if shape.tied else 'untied'} head")
-    t = cfg.train
-    strategy = f"fsdp over {t.fsdp_processes or max(cfg.resources.gpus, 1)}" + (" with CPU offload" if t.fsdp_cpu_offload else "") \
-        if t.strategy == "fsdp" else "one process"
-    say(f"resources: {cfg.resources.gpus} GPU(s) of {a.gpu_memory_gb:g} GB, {cfg.resources.mem_gb} GB node memory, weight copies on "
-        f"{cfg.resources.weight_copies}; train: {t.method}, {strategy}, {t.precision}, model.dtype={cfg.model.dtype}")
-    say(f"memory per stage ({'GB on the busiest GPU' if cfg.resources.gpus else 'GB; no GPU asked for'}, {a.reserve_gb:g} GB reserved besides):")
-    for stage, m in memory(cfg, shape, a).items():
-        node = f"; node {m.node_gb:.1f} GB" if m.node_gb else ""
-        say(f"  {stage:<8} {m.gpu_gb:7.1f}{node}  {m.what}")
-
-    hours = sweep_hours(cfgs, states, shape, a)
-    one = gpu_hours(cfg, shape, a, states[0].train_levels)
-    say(f"GPU-hours (one GPU's work; held: wall x resources.gpus; left: less what is cached):")
-    say(f"  {'stage':<12} {'GPU-h':>8} {'held':>8} {'left':>8}  arithmetic of cell 0")
-    for stage, row in hours.items():
-        say(f"  {stage:<12} {_h(row[0])} {_h(row[1])} {_h(row[2])}  {one[stage].how}")
-    totals = [sum(row[i] for row in hours.values()) for i in range(3)]
-    say(f"  {'total':<12} {_h(totals[0])} {_h(totals[1])} {_h(totals[2])}")
-    # docs/report.md's table before the plan had no row for checkpoint writes
-    say(f"  {'without checkpoint writes':<12} {_h(totals[0] - hours['checkpoints'][0])}")
+    say_memory([cfgs[i] for i in known], [shapes[i] for i in known], a, say)
+    say_hours([cfgs[i] for i in known], [states[i] for i in known], [shapes[i] for i in known], a, say)
     say(f"assumptions: {a.describe()}")
 
     refused: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(cfgs):
-        for reason in refusals(c, shape, a):
+    for i in known:
+        for reason in refusals(cfgs[i], shapes[i], a):
             refused[reason].append(i)
     for reason, numbers in refused.items():
         which = "every cell" if len(numbers) == len(cfgs) > 1 else f"cell{'s' * (len(numbers) > 1)} {ranges(numbers)}"
         print(f"error: {which}: {reason}", file=sys.stderr)
     return 1 if refused else 0
+
+
+def model_shapes(cfgs: list[Config], say) -> list[Shape | None]:
+    """Each cell's model shape (read once per model config), saying what each model is or why it cannot be read."""
+    shapes: dict[str, Shape | None] = {}
+    out = []
+    for cfg in cfgs:
+        key = digest(asdict(cfg.model))
+        if key not in shapes:
+            config, source = model_config(cfg)
+            shapes[key] = Shape.from_config(config) if config is not None else None
+            shape = shapes[key]
+            if shape is None:
+                say(f"model={cfg.model.name}: {source}")
+            else:
+                say(f"model={cfg.model.name} ({source}): {_count_of(shape.params)} parameters ({shape.params:,}): hidden "
+                    f"{shape.hidden}, {shape.layers} layers, {shape.heads} heads ({shape.kv_heads} for K/V), MLP "
+                    f"{shape.intermediate} {'gated' if shape.gated else 'plain'}, vocab {shape.vocab:,}, "
+                    f"{'tied' if shape.tied else 'untied'} head")
+        out.append(shapes[key])
+    return out
+
+
+def say_memory(cfgs: list[Config], shapes: list[Shape], a: Assumptions, say) -> None:
+    """GPU and node memory per stage, once for each distinct answer among the cells."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    listings = {}
+    for i, (cfg, shape) in enumerate(zip(cfgs, shapes)):
+        t, r = cfg.train, cfg.resources
+        strategy = (f"fsdp over {t.fsdp_processes or max(r.gpus, 1)}" + (" with CPU offload" if t.fsdp_cpu_offload else "")
+                    if t.strategy == "fsdp" else "one process")
+        lines = [f"resources: {r.gpus} GPU(s) of {a.gpu_memory_gb:g} GB, {r.mem_gb} GB node memory, weight copies on "
+                 f"{r.weight_copies}; train: {t.method}, {strategy}, {t.precision}, model.dtype={cfg.model.dtype}",
+                 f"memory per stage ({'GB on the busiest GPU' if r.gpus else 'GB; no GPU asked for'}, {a.reserve_gb:g} GB reserved besides):"]
+        for stage, m in memory(cfg, shape, a).items():
+            lines.append(f"  {stage:<8} {m.gpu_gb:7.1f}" + (f"; node {m.node_gb:.1f} GB" if m.node_gb else "") + f"  {m.what}")
+        listing = "\n".join(lines)
+        groups[listing].append(i)
+        listings[listing] = lines
+    for listing, numbers in groups.items():
+        if len(groups) > 1:
+            say(f"cell{'s' * (len(numbers) > 1)} {ranges(numbers)}:")
+        for line in listings[listing]:
+            say(line)
+
+
+def say_hours(cfgs: list[Config], states: list[CellState], shapes: list[Shape], a: Assumptions, say) -> None:
+    hours = sweep_hours(cfgs, states, shapes, a)
+    first = gpu_hours(cfgs[0], shapes[0], a, states[0].train_levels)
+    say("GPU-hours (one GPU's work; held: wall x resources.gpus; left: less what is cached):")
+    say(f"  {'stage':<12} {'GPU-h':>8} {'held':>8} {'left':>8}  arithmetic of the first cell")
+    for stage, row in hours.items():
+        say(f"  {stage:<12} {_h(row[0])} {_h(row[1])} {_h(row[2])}  {first[stage].how if stage in first else ''}")
+    totals = [sum(row[i] for row in hours.values()) for i in range(3)]
+    say(f"  {'total':<12} {_h(totals[0])} {_h(totals[1])} {_h(totals[2])}")
+    # docs/report.md's table before the plan had no row for checkpoint writes
+    say(f"  {'without checkpoint writes':<12} {_h(totals[0] - hours['checkpoints'][0])}")
 
 
 def main() -> None:
