@@ -179,9 +179,14 @@ def model_config(cfg: Config) -> tuple[dict | None, str]:
             return json.loads(path.read_text()), str(path)
         except (OSError, ValueError) as err:
             return None, f"cannot read {path} ({err})"
+    if not m.hub_id:
+        return None, "neither model.hub_id nor model.path is set: the run needs one"
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(str(m.hub_id), "config.json")
+    try:
+        cached = try_to_load_from_cache(str(m.hub_id), "config.json")
+    except ValueError as err:  # huggingface_hub's HFValidationError: not a repo id
+        return None, f"model.hub_id={m.hub_id}: {str(err).splitlines()[0]}"
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text()), cached
     return None, (f"{m.hub_id}'s config.json is not in the local Hugging Face cache and is not read over the network: "

@@ -103,6 +103,30 @@ def test_lora_of_8b_fits_one_gpu_with_the_copies_in_node_memory(compose, tmp_pat
     assert [r.split(":")[0] for r in refusals(on_device, shape, a)] == ["eval", "restore"]
 
 
+def test_pure_bf16_sft_of_8b_takes_8_bytes_per_parameter(compose, tmp_path):
+    cfg = cfg_of(compose, LLAMA3_8B, tmp_path, "model=llama3_8b", "data=entityquestions", "train=full", "resources=gpu1",
+                 "model.n_gpus=1", "resources.weight_copies=cpu", "train.precision=pure")
+    sft = memory(cfg, Shape.from_config(LLAMA3_8B), Assumptions())["sft"]
+    assert 8 * 8.03 < sft.gpu_gb < 8 * 8.03 + 2 and sft.node_gb == pytest.approx(2 * 8.03, abs=0.01)  # the base copy
+    assert refusals(cfg, Shape.from_config(LLAMA3_8B), Assumptions()) == []
+
+
+def test_a_hub_models_config_is_read_from_the_hugging_face_cache_only(compose, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--meta-llama--Meta-Llama-3-8B" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(LLAMA3_8B))
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    cfg = compose("model=llama3_8b", "data=entityquestions")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert "not in the local Hugging Face cache" in model_config(cfg)[1]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    config, source = model_config(cfg)
+    assert Shape.from_config(config).params == 8_030_261_248 and source == str(snapshot / "config.json")
+
+
 def test_70b_fits_eight_gpus_only_with_cpu_offload(compose, tmp_path):
     shape, a = Shape.from_config(LLAMA3_70B), Assumptions()
     offload = cfg_of(compose, LLAMA3_70B, tmp_path, "model=llama3_70b", "data=entityquestions")
@@ -168,13 +192,16 @@ def test_cache_state_finds_the_entries_a_run_would_read(compose, tmp_path):
     assert cache_state(other_seed, cache, cache.specs("sft"), {}).sft is False
 
 
-def test_the_wandb_config_holds_the_plan(compose, tmp_path):
+def test_the_wandb_config_holds_the_plan(compose, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     cfg = cfg_of(compose, LLAMA3_8B, tmp_path, "model=llama3_8b", "data=entityquestions", "data.size=60", "mastery=d0")
     record = cell_plan(cfg)
     assert record["params"] == 8_030_261_248 and set(record["memory_gb"]) == {"probe", "sft", "eval", "restore"}
     assert record["gpu_hours"]["probe"] == pytest.approx(gpu_hours(cfg, Shape.from_config(LLAMA3_8B), Assumptions())["probe"].gpu_hours, rel=1e-3)
     tracker = Tracker("disabled", tmp_path / "run", "k", "p", {"seed": 0}, plan=record)
     assert tracker._init_args["config"] == {"seed": 0, "plan": record}
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     hub = compose("model=llama3_8b", "data=entityquestions")  # its config.json is in no local cache here
     assert "not in the local Hugging Face cache" in cell_plan(hub)["unavailable"]
 
