@@ -141,10 +141,15 @@ def compose_cells(cells: list[list[str]]) -> list[Config]:
             if whole not in composed:
                 composed[whole] = _compose(list(whole), with_hydra=False)
             dcfg = copy.deepcopy(composed[whole])
-            for o in plain:
-                OmegaConf.update(dcfg, o.key_or_group, o.value(), merge=False)
-            check_keys(dcfg)
-            cfg: Config = OmegaConf.to_object(dcfg)
+            try:
+                for o in plain:
+                    OmegaConf.update(dcfg, o.key_or_group, o.value(), merge=False)
+                check_keys(dcfg)
+                cfg: Config = OmegaConf.to_object(dcfg)
+            except ConfigError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a key or value OmegaConf refuses: one line, as from Hydra
+                raise ConfigError(_composition_message(err, cell)) from None
             validate(cfg)
             out.append(cfg)
     GlobalHydra.instance().clear()
