@@ -8,7 +8,11 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
+<<<<<<< HEAD
 .PHONY: help install run world smoke test test-fast test-slurm slurm-up slurm-down bench bench-quick gpu-check report wandb-sync clean clean-all
+=======
+.PHONY: help install run world smoke plan test test-fast test-slurm slurm-up slurm-down bench bench-quick report wandb-sync clean clean-all
+>>>>>>> i31-plan
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +36,9 @@ world: install ## Pretrain the default world's model from scratch (~20 min on 2 
 
 smoke: install ## One small end-to-end run (under a minute once cached)
 	$(PY) -m sft_knowledge.run experiment=smoke
+
+plan: install ## What a command would run and cost, before it runs (ARGS="experiment=paper model=llama3_8b data=entityquestions")
+	$(PY) -m sft_knowledge.plan $(ARGS)
 
 test: install ## All tests (the CI command)
 	$(PY) -m pytest -q

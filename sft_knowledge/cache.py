@@ -350,6 +350,21 @@ class Cache:
     def entry(self, kind: str, spec: Any) -> Path:
         return self.root / kind / digest(spec, 16)
 
+    def has(self, kind: str, spec: Any) -> bool:
+        """Whether the entry for `spec` is published (its marker written last), without verifying or building it:
+        what `sft_knowledge.plan` reports; a read still verifies it."""
+        return (self.entry(kind, spec) / MARKER).is_file()
+
+    def specs(self, kind: str) -> list[Any]:
+        """The specs of every published entry of `kind`, as their markers record them (sft_knowledge.plan)."""
+        out = []
+        for marker in sorted((self.root / kind).glob(f"*/{MARKER}")):
+            try:
+                out.append(json.loads(marker.read_text())["spec"])
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged marker: a read says so; here it is only not found
+        return out
+
     def work_dir(self, kind: str, spec: Any) -> Path:
         """Scratch space that outlives a killed builder (SFT checkpoints); removed once the entry is published."""
         return self.root / kind / f".work-{digest(spec, 16)}"

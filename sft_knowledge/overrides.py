@@ -12,6 +12,7 @@ checked as the one config it is. A sweep on SLURM also checks that SLURM is ther
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import itertools
 import sys
@@ -24,9 +25,11 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser  # the parser hydra.main reads sys.argv with (hydra-core is pinned)
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from omegaconf import DictConfig, OmegaConf
 
 from .config import Config, ConfigError, register, validate
+from .cost import check_fits
 from .slurm_check import check_slurm
 from .sources import check_source
 
@@ -60,15 +63,17 @@ def axis_cells(overrides: list[str]) -> list[list[str]]:
     return out
 
 
-def check_command_line(argv: list[str]) -> None:
+def check_command_line(argv: list[str], submit: bool = True) -> list[list[str]]:
     """Raise ConfigError (one line) unless every cell that `python -m sft_knowledge.run <argv>` runs is a valid config,
-    and, for a sweep on SLURM, SLURM is there. A command that only shows (--cfg, --info, --help) is checked as one
-    config, and nothing is written or asked of SLURM for it."""
+    a cell that asks for GPUs fits in them (cost.check_fits), and, for a sweep on SLURM, SLURM is there; return the
+    config overrides of every cell. A command that only shows (--cfg, --info, --help) is checked as one config, and
+    nothing is written or asked of SLURM for it. `submit=False` (sft_knowledge.plan) only reads the command: its cells
+    are returned unchecked, and nothing is written or asked of SLURM."""
     if "--version" in argv:
-        return  # argparse would print Hydra's version and exit here
+        return []  # argparse would print Hydra's version and exit here
     args = _hydra_args(argv)
     if args.config_path or args.config_name or args.config_dir or args.experimental_rerun or args.shell_completion:
-        return  # another config, a rerun or shell completion: Hydra's own business
+        return []  # another config, a rerun or shell completion: Hydra's own business
     shows = _shown(args)
     parsed = _parse(args.overrides)
     if hydra_swept := next((o for o in parsed if o.is_sweep_override() and o.is_hydra_override()), None):
@@ -92,28 +97,71 @@ def check_command_line(argv: list[str]) -> None:
             if swept is not None:
                 raise ConfigError(f"{swept.input_line} gives several values: add -m to sweep them, "
                                   f"or write a list as {swept.get_key_element()}=[...]")
-            cells = [args.overrides]
+            every = cells = [args.overrides]
         else:
             params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
-            cells = axis_cells(params + args.overrides)
-        output_dirs = set()
+            every, cells = expand(params + args.overrides), axis_cells(params + args.overrides)
+        if not submit:  # sft_knowledge.plan composes and validates every cell itself (compose_cells)
+            return [config_part(cell) for cell in every]
+        checked = []
         for cell in cells:
-            dcfg = _compose([o for o in cell if not o.lstrip("+~").startswith("hydra")], with_hydra=False)
+            dcfg = _compose(config_part(cell), with_hydra=False)
             check_keys(dcfg)
             cfg: Config = OmegaConf.to_object(dcfg)
             validate(cfg)
             check_source(cfg)
-            output_dirs.add(Path(cfg.paths.output_dir))
+            checked.append(cfg)
         # submitit's SLURM launcher, picked as hydra/launcher=slurm (launchers/hydra/launcher/) or submitit_slurm
         slurm = multirun and str(hydra_cfg.launcher.get("_target_", "")).endswith(".SlurmLauncher")
         partition = hydra_cfg.launcher.get("partition") if slurm else None
     GlobalHydra.instance().clear()
     if shows:
-        return
+        return [config_part(cell) for cell in every]
+    for cfg in checked:
+        check_fits(cfg)
     if slurm:
         check_slurm(partition)
-    for output_dir in sorted(output_dirs):  # only once every cell is valid: a bad command leaves nothing behind
+    for output_dir in sorted({Path(cfg.paths.output_dir) for cfg in checked}):  # only once every cell is valid: a bad command leaves nothing behind
         _check_writable(output_dir)
+    return [config_part(cell) for cell in every]
+
+
+def compose_cells(cells: list[list[str]]) -> list[Config]:
+    """The validated Config of every cell, composed fast: Hydra composes each distinct choice of config groups once
+    (a sweep of 126 cells has 6 or so), and each cell's plain `key=value` overrides are set on a copy of it, as Hydra
+    sets them after the defaults; a cell with another kind of override (+key, ~key, ++key) is composed whole."""
+    register()
+    GlobalHydra.instance().clear()
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    out = []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for cell in cells:
+            parsed = _parse(cell)
+            plain = [o for o in parsed if o.type == OverrideType.CHANGE and o.package is None
+                     and not (CONF_DIR / o.key_or_group).is_dir()]
+            whole = tuple(o.input_line for o in parsed if all(o is not p for p in plain))
+            if whole not in composed:
+                composed[whole] = _compose(list(whole), with_hydra=False)
+            dcfg = copy.deepcopy(composed[whole])
+            try:
+                for o in plain:
+                    OmegaConf.update(dcfg, o.key_or_group, o.value(), merge=False)
+                check_keys(dcfg)
+                cfg: Config = OmegaConf.to_object(dcfg)
+            except ConfigError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a key or value OmegaConf refuses: one line, as from Hydra
+                raise ConfigError(_composition_message(err, cell)) from None
+            validate(cfg)
+            check_source(cfg)
+            out.append(cfg)
+    GlobalHydra.instance().clear()
+    return out
+
+
+def config_part(cell: list[str]) -> list[str]:
+    """A cell's overrides without Hydra's own settings (hydra.*, hydra/launcher=...): what composes its config."""
+    return [o for o in cell if not o.lstrip("+~").startswith("hydra")]
 
 
 def _hydra_args(argv: list[str]) -> argparse.Namespace:

@@ -154,10 +154,15 @@ def load_base_model(cfg: Config, cache: Cache, data: Data) -> BaseModel:
     return BaseModel(built.path, source.spec(cfg), model, tokenizer, built.hit, built.origin)
 
 
+def prescreen_spec(cfg: Config, data: Data, base: BaseModel) -> dict:
+    """The pre-screen's cache key, which is also the pre-screened data's spec in the probe's key."""
+    return {**data.spec, "base": base.spec, "subset": asdict(cfg.data.subset), "seed": cfg.data.seed, "temperature": cfg.probe.temperature}
+
+
 def prescreened(cfg: Config, cache: Cache, data: Data, base: BaseModel) -> Data:
     """The pre-screened probe subset (data.subset) of a real dataset, through the cache, with its level counts."""
     sub = cfg.data.subset
-    spec = {**data.spec, "base": base.spec, "subset": asdict(sub), "seed": cfg.data.seed, "temperature": cfg.probe.temperature}
+    spec = prescreen_spec(cfg, data, base)
 
     def build(tmp: Path) -> None:
         kept, counts = prescreen(base.model, base.tokenizer, data.kb, sub.candidates, sub.keep, sub.n_map, cfg.probe.temperature, cfg.data.seed)

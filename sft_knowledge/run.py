@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cache import Cache, CacheError, FileLock, check_locks, write_atomic
 from .config import Config, register, run_key, semantic, validate
+from .cost import cell_plan
 from .errors import ConfigError, DataError, Interrupted
 from .export import export_path
 from .overrides import check_command_line
@@ -67,7 +68,8 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
         use_threads(cfg.resources.threads)  # before torch computes anything
         tracker = Tracker(cfg.logger.mode, run_dir, key, cfg.logger.project, asdict(cfg), group=cfg.logger.group,
                           tags=list(cfg.logger.tags) + [cfg.model.name, cfg.mastery.bucket, f"size={cfg.data.size}", cfg.restore.strategy],
-                          entity=cfg.logger.entity, required=cfg.logger.required, init_timeout_s=cfg.logger.init_timeout_s)
+                          entity=cfg.logger.entity, required=cfg.logger.required, init_timeout_s=cfg.logger.init_timeout_s,
+                          plan=cell_plan(cfg))
         with tracker:  # W&B starts (or, with logger.required=true, stops the run) before any stage
             result = replace(run_experiment(cfg, Cache(cfg.paths.cache_dir), tracker, run_dir), run_key=key, config=semantic(cfg),
                              overrides=hydra_overrides or [], provenance=provenance(run_dir), tracking=tracker.tracking)

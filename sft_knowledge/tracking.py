@@ -27,8 +27,10 @@ class NoCredentials(Exception):
 class Tracker:
     def __init__(self, mode: str, run_dir: Path, run_id: str, project: str, config: dict, group: str | None = None,
                  tags: list[str] | None = None, entity: str | None = None, job_type: str = "experiment",
-                 required: bool = False, init_timeout_s: float = 30.0):
+                 required: bool = False, init_timeout_s: float = 30.0, plan: dict | None = None):
         self.run_dir = Path(run_dir)
+        if plan is not None:  # what sft_knowledge.plan estimated for this cell: parameters, memory, GPU-hours (cost.cell_plan)
+            config = {**config, "plan": plan}
         self.mode, self.run, self.required, self.init_timeout_s = mode, None, required, init_timeout_s
         self._init_args = dict(project=project, entity=entity, id=run_id, name=run_id, group=group, tags=tags or None,
                                job_type=job_type, config=config, dir=str(self.run_dir), mode=mode, resume="allow")

@@ -31,9 +31,10 @@ def compose_config(*overrides: str):
 
 
 def run_cli(*overrides: str, output_dir: Path, cache_dir: Path | None = None, check: bool = True,
-            experiment: str = "smoke") -> subprocess.CompletedProcess:
-    """`python -m sft_knowledge.run experiment=smoke ...` in a subprocess, as a user would run it."""
-    args = [sys.executable, "-m", "sft_knowledge.run", f"experiment={experiment}", f"paths.output_dir={output_dir}"]
+            experiment: str | None = "smoke", module: str = "sft_knowledge.run") -> subprocess.CompletedProcess:
+    """`python -m sft_knowledge.run experiment=smoke ...` in a subprocess, as a user would run it (`module`: another
+    command that takes a run's arguments, such as sft_knowledge.plan; experiment=None: none given)."""
+    args = [sys.executable, "-m", module, *([f"experiment={experiment}"] if experiment else []), f"paths.output_dir={output_dir}"]
     if cache_dir is not None:
         args.append(f"paths.cache_dir={cache_dir}")
     flags = [o for o in overrides if o.startswith("-")]  # Hydra wants flags such as -m before the overrides
