@@ -122,7 +122,10 @@ def test_a_hub_models_config_is_read_from_the_hugging_face_cache_only(compose, t
     (snapshot.parent.parent / "refs" / "main").write_text("abc123")
     cfg = compose("model=llama3_8b", "data=entityquestions")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    assert "not in the local Hugging Face cache" in model_config(cfg)[1]
+    published, source = model_config(cfg)  # a gated repository: the plan answers without a login
+    assert Shape.from_config(published).params == 8_030_261_248 and source == "meta-llama/Meta-Llama-3-8B's published shape"
+    other = compose("model=hf", "model.hub_id=Qwen/Qwen2.5-7B", "data=entityquestions")
+    assert "not in the local Hugging Face cache" in model_config(other)[1]
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     config, source = model_config(cfg)
     assert Shape.from_config(config).params == 8_030_261_248 and source == str(snapshot / "config.json")
@@ -203,7 +206,7 @@ def test_the_wandb_config_holds_the_plan(compose, tmp_path, monkeypatch):
     tracker = Tracker("disabled", tmp_path / "run", "k", "p", {"seed": 0}, plan=record)
     assert tracker._init_args["config"] == {"seed": 0, "plan": record}
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    hub = compose("model=llama3_8b", "data=entityquestions")  # its config.json is in no local cache here
+    hub = compose("model=hf", "model.hub_id=Qwen/Qwen2.5-7B", "data=entityquestions")  # in no local cache here
     assert "not in the local Hugging Face cache" in cell_plan(hub)["unavailable"]
 
 
