@@ -156,6 +156,9 @@ class RunResult:
     # Whether the run reached W&B: {"mode": logger.mode, "wandb": "on" | "off", "reason": why off} (tracking.Tracker);
     # empty in results written before it was kept
     tracking: dict[str, Any] = field(default_factory=dict)
+    # eval.harness (Table 5): {"fine_tuned": scores, "restored": {"<ratio>": scores}} for the ratios restore.export
+    # saved, scores being task -> metric -> value (harness.run_harness); empty where the harness was not run
+    harness: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kl_mean(self) -> float | None:
@@ -177,7 +180,7 @@ class RunResult:
             "restore_blocks": [b.to_json() for b in self.restore_blocks], "update_share": self.update_share,
             "base_zeros": self.base_zeros,
             "train_loss": self.train_loss, "sft_resumed_at": self.sft_resumed_at, "cache_hits": self.cache_hits,
-            "timings": self.timings,
+            "timings": self.timings, "harness": self.harness,
         }
 
     @classmethod

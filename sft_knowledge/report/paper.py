@@ -72,6 +72,16 @@ class Paper:
     def table6(self, cell: Cell, ratio: float) -> float | None:
         return self._by_ratio("table6_train_acc_llama3_8b", "acc_train", cell, ratio)
 
+    def table5(self, cell: Cell, column: str, ratio: float) -> float | None:
+        """Table 5 (LLaMA-3-8B, top-k restoration): GSM8K accuracy (`column` gsm8k) or XSum ROUGE-L (xsum_rougeL)
+        after restoring `ratio` percent, beside ours where the harness scored every document (no eval.harness.limit);
+        the paper does not say which SFT set, so beside every bucket and size."""
+        t = self.data["table5_general_llama3_8b"]
+        harness = cell.config.get("eval", {}).get("harness", {})
+        if not (self._top_restoration(cell) and harness.get("limit") is None and ratio in t["ratios"]):
+            return None
+        return t[column][t["ratios"].index(ratio)]
+
     def table3(self, cell: Cell, top_percent: int) -> tuple[float, float] | None:
         """Table 3 gives the range over the 10 LLaMA-3-8B models (5 buckets x 240 and 1,920 facts)."""
         t = self.data["table3_update_concentration_llama3_8b"]
