@@ -8,11 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-<<<<<<< HEAD
-.PHONY: help install run world smoke test test-fast test-slurm slurm-up slurm-down bench bench-quick gpu-check report wandb-sync clean clean-all
-=======
-.PHONY: help install run world smoke plan test test-fast test-slurm slurm-up slurm-down bench bench-quick report wandb-sync clean clean-all
->>>>>>> i31-plan
+.PHONY: help install run world smoke plan test test-fast test-slurm slurm-up slurm-down bench bench-quick gpu-check report wandb-sync clean clean-all
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
