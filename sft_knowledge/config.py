@@ -201,11 +201,23 @@ class CheckpointConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """General ability through lm-evaluation-harness (harness.py; paper Table 5: tasks=[gsm8k,xsum_rouge]), scored on
+    the fine-tuned model and on every restored model that restore.export saves."""
+    tasks: list[str] = field(default_factory=list)  # lm-eval task, group or tag names; empty: the harness is not run
+    include_path: str | None = None  # a folder of task YAMLs added to the harness's own (lm-eval's --include_path)
+    batch_size: int = 8  # documents per forward pass
+    limit: int | None = None  # score at most this many documents per task (None: all of them, as the paper)
+    num_fewshot: int | None = None  # in-context examples per prompt (None: each task's own, e.g. 5 for gsm8k)
+
+
+@dataclass
 class EvalConfig:
     max_new_tokens: int = 16
     batch_size: int = 256
     max_per_level: int | None = None  # evaluate on at most this many facts per level (None: all)
     seed: int = 0  # draws those subsets
+    harness: HarnessConfig = field(default_factory=HarnessConfig)  # eval.harness.tasks=[...]: Table 5 (docs/harness.md)
 
 
 @dataclass
@@ -303,8 +315,8 @@ class Config:
 NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.export")
 # Options added after run and cache keys were in use, with the value that means "as before": at that value they are
 # left out of every key (Dora's rule for new parameters), so adding an option redoes no finished run or SFT.
-ADDED_LATER = {"model.revision": None, "train.group_by_length": False, "model.pretrain.optimizer": "adamw", "train.space_before_eos": False,
-               "kl.position": "first_token", "probe.templates": "all", "probe.top_p": 1.0, "restore.eps": 1e-8,
+ADDED_LATER = {"model.revision": None, "eval.harness": asdict(HarnessConfig()), "train.group_by_length": False,
+               "model.pretrain.optimizer": "adamw", "train.space_before_eos": False, "kl.position": "first_token", "probe.templates": "all", "probe.top_p": 1.0, "restore.eps": 1e-8,
                "restore.zeros": "guarded"}
 
 

@@ -26,10 +26,10 @@ import importlib.util
 import json
 import numbers
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import HarnessConfig
 from .errors import ConfigError
 from .models import DTYPES, load
 
@@ -37,15 +37,6 @@ TASKS_DIR = Path(__file__).parent / "harness_tasks"  # the project's own tasks: 
 MISSING = "eval.harness needs lm-eval: pip install '.[harness]'"
 # lm-eval's default, 100,000 bootstrap draws, takes minutes per bootstrapped metric (BLEU, F1); means need none.
 BOOTSTRAP_ITERS = 1000
-
-
-@dataclass
-class HarnessConfig:
-    tasks: list[str] = field(default_factory=list)  # lm-eval task, group or tag names; empty: the harness is not run
-    include_path: str | None = None  # a folder of task YAMLs added to the harness's own (lm-eval's --include_path)
-    batch_size: int = 8  # documents per forward pass
-    limit: int | None = None  # score at most this many documents per task (None: all of them, as the paper)
-    num_fewshot: int | None = None  # in-context examples per prompt (None: each task's own, e.g. 5 for gsm8k)
 
 
 def check_harness(cfg: HarnessConfig) -> None:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import Cache, digest
-from .config import Config, Effective, effective, semantic
+from .config import Config, Effective, HarnessConfig, effective, semantic
 from .data import entityquestions
 from .data.facts import EVAL_SPLITS, SPLITS, Fact, KnowledgeBase, is_correct
 from .data.sampling import balanced_subset, bucket_facts
@@ -32,6 +32,7 @@ from .errors import DataError, Interrupted, ModelError
 from .evaluate import answer_hits, accuracy, level_subsets
 from .export import export_path, export_restored
 from .fsdp import sft_fsdp
+from .harness import run_harness
 from .kl import AnswerFilter, early_answers, kl_stats, missing_reason, topk_renormalised_kl
 from .models import load
 from .prescreen import facts_from_json, facts_to_json, prescreen
@@ -76,8 +77,11 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
     with timer("kl"):
         kl = kl_stats(kl_ref.kl(tuned.model, tuned.tokenizer))
     log_evaluation(tracker, cfg, data.kb, eval_sets, judged, kl, len(tuned.log.loss))
+    harness = GeneralAbility(cfg.eval.harness, tracker, timer)
+    harness.score("fine_tuned", tuned)
     with timer("restore"):
-        restore, update_share = restoration_sweep(cfg, tracker, tuned, judged, lambda: judge(cfg, data.kb, tuned, eval_sets, train_facts), run_dir)
+        restore, update_share = restoration_sweep(cfg, tracker, tuned, judged, lambda: judge(cfg, data.kb, tuned, eval_sets, train_facts),
+                                                  run_dir, harness)
         blocks = layer_blocks(cfg, tuned, lambda: judge(cfg, data.kb, tuned, eval_sets, []).acc)
     return RunResult(
         run_key="", config={}, level_counts=mastery.counts, prescreen_counts=data.prescreen_counts,
@@ -86,7 +90,7 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
         kl_missing=None if kl is not None else missing_reason(cfg.kl.level, kl_ref.answer_filter),
         kl_filter=kl_ref.answer_filter.record(), kl_curve=tuned.log.events, restore=restore, restore_blocks=blocks,
         update_share=update_share, base_zeros=exact_zeros(tuned.base_state, tuned.state, tuned.structure), train_loss=tuned.log.loss,
-        sft_resumed_at=tuned.log.resumed_at, base_model=base.origin,
+        sft_resumed_at=tuned.log.resumed_at, base_model=base.origin, harness=harness.scores,
         cache_hits={"base_model": base.hit, **data.hits, "probe": mastery.hit, "sft": tuned.hit}, timings=timer.seconds)
 
 
@@ -391,10 +395,10 @@ def predictions(kb: KnowledgeBase, eval_sets: dict[str, list[list[Fact]]], acc: 
 # --- stage 5: parameter restoration ----------------------------------------------------------------------------------
 
 def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: Judged, judge_now,
-                      run_dir: Path) -> tuple[list[RestorePoint], dict[str, float]]:
+                      run_dir: Path, harness: GeneralAbility) -> tuple[list[RestorePoint], dict[str, float]]:
     """Restore each ratio of restore.ratios and judge the model again (paper §5), saving the restored model of each
-    ratio in restore.export into run_dir; also the update shares of Table 3, which come from the global top
-    strategy: with it, one streaming selection serves both."""
+    ratio in restore.export into run_dir and scoring its general ability (eval.harness) while it is in memory; also
+    the update shares of Table 3, which come from the global top strategy: with it, one streaming selection serves both."""
     r = cfg.restore
     ratios = sorted(set(r.ratios))
     extra = list(UPDATE_SHARE_RATIOS) if r.strategy == "top" and r.scope == "global" else []
@@ -413,6 +417,8 @@ def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: J
         restored = judge_now() if sel.k > 0 else judged
         # With k == 0 the model is still the fine-tuned one: ratios run in increasing order, so none was restored yet.
         saved = export_restored(tuned.model, tuned.tokenizer, sel.per_tensor, export_path(run_dir, ratio)) if ratio in r.export else None
+        if saved:
+            harness.score(f"restored/{ratio:g}", tuned)
         points.append(RestorePoint(ratio, r.strategy, r.region, r.scope, sel.k, sel.n_total, round(100 * sel.change_share, 2),
                                    sel.per_tensor, restored.acc, restored.acc_train, str(saved.resolve()) if saved else None))
         tracker.log(level_metrics("restore", restored.acc) | {"restore/acc_train": restored.acc_train, "restore/ratio": ratio})
@@ -420,6 +426,26 @@ def restoration_sweep(cfg: Config, tracker: Tracker, tuned: FineTuned, judged: J
                   [[p.ratio, split, p.to_json()[f"acc_{split}"]] for split in EVAL_SPLITS for p in points],
                   line={"x": "ratio", "y": "accuracy", "stroke": "split", "title": f"Accuracy (%) against restored parameters (%, {r.strategy})"})
     return points, update_share
+
+
+class GeneralAbility:
+    """Table 5: lm-evaluation-harness scores of the fine-tuned model and of each exported restored model, gathered as
+    results.json's `harness` ({"fine_tuned": scores, "restored": {"<ratio>": scores}}) and logged to W&B's summary."""
+
+    def __init__(self, cfg: HarnessConfig, tracker: Tracker, timer: Timer):
+        self.cfg, self.tracker, self.timer = cfg, tracker, timer
+        self.scores: dict[str, Any] = {}
+
+    def score(self, which: str, tuned: FineTuned) -> None:
+        if not self.cfg.tasks:
+            return
+        with self.timer("harness"):
+            scores = run_harness(tuned.model, tuned.tokenizer, self.cfg)
+        if which == "fine_tuned":
+            self.scores["fine_tuned"] = scores
+        else:
+            self.scores.setdefault("restored", {})[which.removeprefix("restored/")] = scores
+        self.tracker.summary({f"harness/{which}/{task}/{metric}": v for task, row in scores.items() for metric, v in row.items()})
 
 
 def layer_blocks(cfg: Config, tuned: FineTuned, judge_acc) -> list[BlockPoint]:

@@ -27,6 +27,7 @@ from .config import Config, register, run_key, semantic, validate
 from .cost import cell_plan
 from .errors import ConfigError, DataError, Interrupted
 from .export import export_path
+from .harness import check_harness
 from .overrides import check_command_line
 from .provenance import provenance
 from .results import RunResult, load
@@ -47,6 +48,7 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
 
     validate(cfg)
     check_source(cfg)
+    check_harness(cfg.eval.harness)  # lm-eval there, every task known (its index takes seconds: once per cell, not per sweep)
     key = run_key(cfg)
     run_dir = Path(cfg.paths.runs_dir) / key
     results_path = run_dir / "results.json"

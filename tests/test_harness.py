@@ -196,3 +196,20 @@ def test_table5_shows_ratios_by_bucket_with_the_paper_beside_llama3_8b_only():
                   _cell("Meta-Llama-3-8B", "entityquestions", 100, [run(0.5, 0.55)])):  # not the paper's setting
         assert {r["paper"] for r in table5([other], Paper()).rows} == {""}
     assert "Not in this sweep" in table5([_cell("tiny_world", "synthetic", None, [{}])], Paper()).md[0]
+
+
+@needs_lm_eval
+@pytest.mark.slow
+def test_a_run_scores_the_fine_tuned_and_every_exported_restored_model(cli, smoke_cache, tasks, tmp_path):
+    """eval.harness.tasks with restore.export, end to end and offline: results.json's `harness` holds the fine-tuned
+    model's scores and each exported ratio's; ratio 0 restores nothing, so its scores are the fine-tuned model's."""
+    cli("eval.harness.tasks=[world_qa,world_impossible]", f"eval.harness.include_path={tasks}", "restore.export=[0,20]",
+        output_dir=tmp_path, cache_dir=smoke_cache)
+    result = json.loads(next(tmp_path.glob("runs/*/results.json")).read_text())
+    scored = result["harness"]
+    assert sorted(scored) == ["fine_tuned", "restored"] and sorted(scored["restored"]) == ["0", "20"]
+    assert scored["restored"]["0"] == scored["fine_tuned"]
+    for scores in (scored["fine_tuned"], scored["restored"]["20"]):
+        assert scores["world_impossible"] == KNOWN["world_impossible"]
+        assert scores["world_qa"]["n_docs"] == N_DOCS and 0 <= scores["world_qa"]["exact_match"] <= 1
+    assert result["timings"]["harness"] > 0
