@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the project: subprocesses run f
 FIGURES = ("figure2_acc_vs_size.png", "figure4_acc_test4.png", "figure5_kl.png", "figure_restoration.png")
 TABLES = ("cells.csv", "table1_level_counts.csv", "figure2_acc_vs_size.csv", "table2_bucket_x_level.csv", "figure4_5_acc_test4_kl.csv",
           "table4_restoration.csv", "table6_train_acc.csv", "table3_update_share.csv", "table7_strategies.csv",
-          "table9_restored_by_layer.csv", "table10_restored_by_module.csv", "table11_layer_blocks.csv")
+          "table9_restored_by_layer.csv", "table10_restored_by_module.csv", "table11_layer_blocks.csv", "table5_general.csv")
 EQ = dict(model="Meta-Llama-3-8B", data="entityquestions")
 LEVEL_COUNTS = {"train": [50, 40, 30, 20, 10], "test": [5, 4, 3, 2, 1], "testood": [6, 5, 4, 3, 2]}
 
@@ -265,7 +265,7 @@ def test_table1_level_counts_beside_the_papers_and_missing_tables_name_their_com
                              ("Table 9", "experiment=table4"), ("Table 10", "experiment=table4"), ("Table 11", "experiment=table11")]:
         assert f"`python -m sft_knowledge.run {command}` produces it" in _section(md, heading), heading
     assert {r["ratio"] for r in _csv(out / "table6_train_acc.csv")} == {"0"}
-    for table in ("table9_restored_by_layer.csv", "table10_restored_by_module.csv", "table11_layer_blocks.csv"):
+    for table in ("table9_restored_by_layer.csv", "table10_restored_by_module.csv", "table11_layer_blocks.csv", "table5_general.csv"):
         assert _csv(out / table) == []
     assert (out / "figure_restoration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

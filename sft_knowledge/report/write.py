@@ -13,6 +13,7 @@ from . import tables
 from .figures import plot_against_size, plot_restoration
 from .layout import Section, markdown
 from .paper import Paper
+from .table5 import table5
 from .tables import kl_mean, level_value, restore_value
 
 
@@ -97,7 +98,7 @@ def write_report(sweep_dirs: Path | list[Path], paper: Paper | None = None) -> P
     sections = [_unfinished(jobs), tables.table1(cells, paper), figures[0], tables.table2(cells, paper), figures[1],
                 tables.table4(cells, paper), figures[2], tables.table6(cells, paper), tables.table3(cells, paper),
                 tables.table7(cells, paper), tables.restored_where(cells, paper, "layer"),
-                tables.restored_where(cells, paper, "module"), tables.table11(cells, paper)]
+                tables.restored_where(cells, paper, "module"), tables.table11(cells, paper), table5(cells, paper)]
     md = _preamble(sweep_dirs, jobs, cells, paper) + [line for s in sections for line in s.write(out)]
     (out / "report.md").write_text("\n".join(md))
     final = sweep_dirs[0] / "report"
