@@ -110,6 +110,10 @@ def check_command_line(argv: list[str], submit: bool = True) -> list[list[str]]:
             cfg: Config = OmegaConf.to_object(dcfg)
             validate(cfg)
             check_source(cfg)
+            if cfg.eval.harness.tasks:
+                from .harness import check_harness  # lm-eval and torch: only for a command that asks for the harness
+
+                check_harness(cfg.eval.harness)
             checked.append(cfg)
         # submitit's SLURM launcher, picked as hydra/launcher=slurm (launchers/hydra/launcher/) or submitit_slurm
         slurm = multirun and str(hydra_cfg.launcher.get("_target_", "")).endswith(".SlurmLauncher")

@@ -27,7 +27,7 @@ from .config import Config, register, run_key, semantic, validate
 from .cost import cell_plan
 from .errors import ConfigError, DataError, Interrupted
 from .export import export_path
-from .harness import check_harness
+from .harness import check_data
 from .overrides import check_command_line
 from .provenance import provenance
 from .results import RunResult, load
@@ -48,7 +48,6 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
 
     validate(cfg)
     check_source(cfg)
-    check_harness(cfg.eval.harness)  # lm-eval there, every task known (its index takes seconds: once per cell, not per sweep)
     key = run_key(cfg)
     run_dir = Path(cfg.paths.runs_dir) / key
     results_path = run_dir / "results.json"
@@ -58,6 +57,8 @@ def execute(cfg: Config, job_dir: Path | None = None, hydra_overrides: list[str]
     if results_path.exists():
         return _already_done(key, results_path, job, cfg.restore.export)
     check_locks({"paths.runs_dir": cfg.paths.runs_dir, "paths.cache_dir": cfg.paths.cache_dir})  # before any stage
+    if cfg.eval.harness.tasks:  # lm-eval there, every task known, its data readable (seconds: per cell, not per sweep)
+        check_data(cfg.eval.harness)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -213,3 +213,16 @@ def test_a_run_scores_the_fine_tuned_and_every_exported_restored_model(cli, smok
         assert scores["world_impossible"] == KNOWN["world_impossible"]
         assert scores["world_qa"]["n_docs"] == N_DOCS and 0 <= scores["world_qa"]["exact_match"] <= 1
     assert result["timings"]["harness"] > 0
+
+
+@needs_lm_eval
+def test_the_command_line_refuses_an_unknown_task_in_one_line_before_anything_runs(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sft_knowledge.run", "eval.harness.tasks=[no_such_task]",
+                           f"paths.output_dir={tmp_path}"], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: eval.harness.tasks: no_such_task is not among lm-eval's tasks nor the project's: `lm-eval ls tasks` lists "
+        "lm-eval's; add your own with eval.harness.include_path=DIR"]
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
