@@ -70,11 +70,17 @@ FULL = Scale(TINYLLAMA, steps=48, probe_facts=32, n_map=21, n_sample=10, max_new
 TINY = Scale(TOY, steps=4, probe_facts=4, n_map=2, n_sample=2, max_new_tokens=8)
 
 
-def sft_memory_estimate_gib(n_params: int, precision: str) -> float:
-    """The estimated GPU memory of one-process full SFT: per parameter, weights, gradients and AdamW's two moments, all
-    fp32 under fp32_master (16 bytes), all bf16 under pure (8); activations (8 x 32 tokens) left out. Issue 31's cost
-    model, sft_knowledge/cost.py, was not on main when this was written: this is the function to point at it."""
-    return n_params * {"fp32_master": 16, "pure": 8}[precision] / 2**30
+def sft_memory_estimate_gib(shape: dict, precision: str) -> float:
+    """The plan's estimate (sft_knowledge.cost.memory, what `sft_knowledge.plan` prints) of this model's one-process
+    full SFT on one GPU at batch BATCH, in GiB: weights, gradients and AdamW's moments (16 bytes per parameter under
+    fp32_master, 8 under pure) plus activations; the base copy stays in node memory, as here."""
+    from sft_knowledge.config import Config, ModelConfig, ResourcesConfig, TrainConfig
+    from sft_knowledge.cost import GB, Assumptions, Shape, memory
+
+    cfg = Config(model=ModelConfig(name="gpu-check", source="hub", path="gpu-check", dtype="bfloat16"),
+                 train=TrainConfig(precision=precision, batch_size=BATCH), resources=ResourcesConfig(gpus=1, weight_copies="cpu"))
+    config = {"model_type": "llama", **shape, "tie_word_embeddings": False}
+    return memory(cfg, Shape.from_config(config), Assumptions.default())["sft"].gpu_gb * GB / 2**30
 
 
 @dataclass
@@ -186,6 +192,7 @@ def stage_sft(ctx: Context) -> dict:
     from sft_knowledge.config import PRECISIONS, RestoreConfig
     from sft_knowledge.models import load
     from sft_knowledge.restore import select_thresholds
+    from sft_knowledge.structure import model_structure
     from sft_knowledge.train import sft
 
     r = RestoreConfig()
@@ -200,10 +207,11 @@ def stage_sft(ctx: Context) -> dict:
         seconds = time.perf_counter() - start
         peak = peak_gib(ctx)
         ft = {n: t.detach().clone() for n, t in model.state_dict().items()}  # recipe.weight_copy(model, "device")
+        region = model_structure(model).region(r.region)
         del model
         base = {n: t.to(ctx.device) for n, t in base_state.items()}
-        shares = select_thresholds(base, ft, [1, 20, 100], r.region, "top", r.seed, eps=r.eps, zeros=r.zeros)
-        estimate = sft_memory_estimate_gib(ctx.n_params, precision)
+        shares = select_thresholds(base, ft, [1, 20, 100], region, "top", r.seed, eps=r.eps, zeros=r.zeros)
+        estimate = sft_memory_estimate_gib(ctx.scale.shape, precision)
         out[precision] = {
             "seconds": seconds, "tokens_per_s": ctx.tokens / seconds, "steps": log.steps, "loss_first": log.loss[0],
             "loss_last": log.loss[-1], "update_share_pct": {str(k): 100 * s.change_share for k, s in shares.items()},
@@ -214,7 +222,7 @@ def stage_sft(ctx: Context) -> dict:
         del base, ft
         free_memory(ctx)
     return {"precisions": out, "lr": LR, "batch_size": BATCH, "region": r.region,
-            "estimate": "16 B/param (fp32_master), 8 (pure), activations left out: sft_memory_estimate_gib"}
+            "estimate": "the plan's (sft_knowledge.cost.memory): 16 B/param (fp32_master), 8 (pure), plus activations"}
 
 
 def stage_restore(ctx: Context) -> dict:
@@ -222,30 +230,32 @@ def stage_restore(ctx: Context) -> dict:
     recipe's restoration sweep does with resources.weight_copies=device."""
     from sft_knowledge.config import RestoreConfig
     from sft_knowledge.models import load
-    from sft_knowledge.restore import in_region, restore_into, select_thresholds
+    from sft_knowledge.restore import restore_into, select_thresholds
+    from sft_knowledge.structure import model_structure
 
     r = RestoreConfig()
     ft_state = require(ctx.ft_state, "sft")
     model, _ = load(ctx.base_dir, "bfloat16")
     base = {n: t.to(ctx.device, copy=True) for n, t in require(ctx.base_state, "setup").items()}
     ft = {n: t.to(ctx.device, copy=True) for n, t in ft_state.items()}
+    region = model_structure(model).region(r.region)
     start_gib = reset_peak(ctx)
     start = time.perf_counter()
-    selections = select_thresholds(base, ft, RATIOS, r.region, r.strategy, r.seed, scope=r.scope, eps=r.eps, zeros=r.zeros)
+    selections = select_thresholds(base, ft, RATIOS, region, r.strategy, r.seed, scope=r.scope, eps=r.eps, zeros=r.zeros)
     sync(ctx)
     select_s = time.perf_counter() - start
     per_ratio = {}
-    region = [(p, ft[n]) for n, p in model.named_parameters() if in_region(n, r.region)]
-    changed = sum(int((f != base[n]).sum()) for n, f in ft.items() if in_region(n, r.region))
+    in_region = [(p, ft[n]) for n, p in model.named_parameters() if n in region.names]
+    changed = sum(int((f != base[n]).sum()) for n, f in ft.items() if n in region.names)
     for ratio in RATIOS:
         sel = selections[ratio]
         start = time.perf_counter()
-        restore_into(model, base, ft, sel, r.region, r.strategy, r.seed)
+        restore_into(model, base, ft, sel, region, r.strategy, r.seed)
         sync(ctx)
         seconds = time.perf_counter() - start
         # Scalars now off their fine-tuned value: the k most changed, of which those SFT left alone (change 0) do not
         # show, so min(k, changed) exactly.
-        moved = sum(int((p != f).sum()) for p, f in region)
+        moved = sum(int((p != f).sum()) for p, f in in_region)
         per_ratio[str(ratio)] = {"restore_s": seconds, "k": sel.k, "moved_back": moved, "update_share_pct": 100 * sel.change_share}
     exact = all(p["moved_back"] == min(p["k"], changed) for p in per_ratio.values())
     peak = peak_gib(ctx)
