@@ -100,3 +100,23 @@ def test_cli_with_an_unreachable_model_exits_with_one_line(cli, tmp_path):
 def test_tiny_world_model_refuses_real_data(cli, tmp_path):
     proc = cli("data=entityquestions", output_dir=tmp_path, check=False)
     assert proc.returncode != 0 and "error: model=tiny_world is pretrained on the synthetic world" in proc.stderr
+
+
+def test_a_revision_is_read_from_its_own_snapshot(compose, monkeypatch, tmp_path):
+    """model.revision: every stage reads that commit's files, so the weights come from its local snapshot directory
+    (config, safetensors and tokenizer files only: LLaMA-3's original/*.pth would double the download)."""
+    import huggingface_hub
+
+    from sft_knowledge import models
+
+    calls = []
+    monkeypatch.setattr(models, "check_hub_access", lambda source, name, revision: calls.append(("access", source, revision)))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, revision, allow_patterns: calls.append(("snapshot", repo, revision, allow_patterns)) or str(tmp_path))
+    cfg = compose("model=hf", "model.hub_id=Qwen/Qwen2.5-0.5B", "model.revision=abc123")
+    built = source_of(cfg).build(cfg, None, None)
+    assert (built.path, built.hit, built.origin) == (str(tmp_path), True, "Qwen/Qwen2.5-0.5B at revision abc123")
+    assert calls[0] == ("access", "Qwen/Qwen2.5-0.5B", "abc123") and calls[1][:3] == ("snapshot", "Qwen/Qwen2.5-0.5B", "abc123")
+    assert "*.safetensors" in calls[1][3] and not any(p.endswith(".pth") or p == "*" for p in calls[1][3])
+    plain = compose("model=hf", "model.hub_id=Qwen/Qwen2.5-0.5B")
+    assert source_of(plain).build(plain, None, None).path == "Qwen/Qwen2.5-0.5B"  # no revision: from_pretrained's own
