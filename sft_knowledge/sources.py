@@ -23,6 +23,28 @@ from .errors import ConfigError
 SOURCE_OPTIONS = ("hub_id", "path", "revision", "pretrain")
 
 
+# Shapes of the models this project builds itself, so that the plan needs no file: SmolLM2-135M-Instruct's GGUF
+# (models.build_smollm2 turns it into this LlamaForCausalLM config), and tiny_world's tokenizer
+SMOLLM2_CONFIG = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                  "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True}
+QA_MARKER_TOKENS = 2  # tiny_world's tokenizer: model.pretrain.vocab_size plus the two QA markers (pretrain.py)
+
+
+def _llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> dict:
+    return {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads, "intermediate_size": intermediate, "vocab_size": vocab, "tie_word_embeddings": False}
+
+
+# The LLaMA presets' shapes as their config.json files publish them: gated repositories, whose config a laptop without
+# a Hugging Face login cannot read, and the plan should still answer there
+PUBLISHED_CONFIGS = {
+    "meta-llama/Llama-2-7b-hf": _llama(4096, 32, 32, 32, 11008, 32000),
+    "meta-llama/Llama-2-13b-hf": _llama(5120, 40, 40, 40, 13824, 32000),
+    "meta-llama/Llama-2-70b-hf": _llama(8192, 80, 64, 8, 28672, 32000),
+    "meta-llama/Meta-Llama-3-8B": _llama(4096, 32, 32, 8, 14336, 128256),
+    "meta-llama/Meta-Llama-3-70B": _llama(8192, 80, 64, 8, 28672, 128256),
+}
+
 @dataclass(frozen=True)
 class Built:
     path: str | Path  # the weights' directory, or a hub id
@@ -41,6 +63,7 @@ class Source:
     # its config.json without weights (and where it came from), or None and why it cannot be read offline: the plan's
     config_json: Callable[[Config], tuple[dict | None, str]]
     in_cache: bool  # build puts the weights in the project's cache (a hub model's stay in the Hugging Face cache)
+    check: Callable[[Config], None] | None = None  # what else must hold before any stage (one line if not)
     note: str | None = None  # what the model is, where its name does not say it (the report)
 
 
@@ -105,6 +128,18 @@ def _hub_config(cfg: Config) -> tuple[dict | None, str]:
                   f"memory and GPU-hours are skipped (set model.path=/dir/with/weights, or `hf download {m.hub_id} config.json`)")
 
 
+def _check_hub(cfg: Config) -> None:
+    m = cfg.model
+    if not (m.hub_id or m.path):
+        raise ConfigError(f"model={m.name} needs its weights: set model.hub_id=org/name (Hugging Face hub) or "
+                          f"model.path=/dir/with/weights (a local Hugging Face directory)")
+    if m.path and m.revision:
+        raise ConfigError(f"model.revision={m.revision} selects a commit of model.hub_id; model.path={m.path} is a "
+                          f"local directory: drop one of them")
+    if m.path:
+        check_model_dir(Path(m.path))
+
+
 def _build_hub(cfg: Config, cache, world) -> Built:
     from .models import check_hub_access, hub_snapshot
 
@@ -116,28 +151,6 @@ def _build_hub(cfg: Config, cache, world) -> Built:
     return Built(weights, True, weights)
 
 
-# Shapes of the models this project builds itself, so that the plan needs no file: SmolLM2-135M-Instruct's GGUF
-# (models.build_smollm2 turns it into this LlamaForCausalLM config), and tiny_world's tokenizer
-SMOLLM2_CONFIG = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
-                  "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True}
-QA_MARKER_TOKENS = 2  # tiny_world's tokenizer: model.pretrain.vocab_size plus the two QA markers (pretrain.py)
-
-
-def _llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> dict:
-    return {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads, "intermediate_size": intermediate, "vocab_size": vocab, "tie_word_embeddings": False}
-
-
-# The LLaMA presets' shapes as their config.json files publish them: gated repositories, whose config a laptop without
-# a Hugging Face login cannot read, and the plan should still answer there
-PUBLISHED_CONFIGS = {
-    "meta-llama/Llama-2-7b-hf": _llama(4096, 32, 32, 32, 11008, 32000),
-    "meta-llama/Llama-2-13b-hf": _llama(5120, 40, 40, 40, 13824, 32000),
-    "meta-llama/Llama-2-70b-hf": _llama(8192, 80, 64, 8, 28672, 32000),
-    "meta-llama/Meta-Llama-3-8B": _llama(4096, 32, 32, 8, 14336, 128256),
-    "meta-llama/Meta-Llama-3-70B": _llama(8192, 80, 64, 8, 28672, 128256),
-}
-
 SOURCES = {s.name: s for s in (
     Source("tiny_world", "model=tiny_world", ("pretrain",), ("synthetic",), lambda cfg: tiny_world_spec(cfg.model.pretrain, cfg.data.world),
            _build_tiny_world, _tiny_world_config, in_cache=True),
@@ -146,7 +159,7 @@ SOURCES = {s.name: s for s in (
                 "on a 4-bit grid and some are exactly 0, and every such zero that SFT moves tops the relative-change "
                 "ranking of Table 3 and restoration (docs/choices.md)"),
     Source("hub", "model=hf (or a LLaMA preset such as model=llama3_8b)", ("hub_id", "path", "revision"), None, _hub_spec, _build_hub,
-           _hub_config, in_cache=False),
+           _hub_config, in_cache=False, check=_check_hub),
 )}
 
 
@@ -170,15 +183,8 @@ def check_source(cfg: Config) -> None:
     if source.datasets is not None and cfg.data.name not in source.datasets:
         raise ConfigError(f"model={m.name} is pretrained on the synthetic world; with data={cfg.data.name} choose a real "
                           f"model, e.g. model=smollm2_135m or model=hf model.path=/dir/with/weights")
-    if m.source == "hub":
-        if not (m.hub_id or m.path):
-            raise ConfigError(f"model={m.name} needs its weights: set model.hub_id=org/name (Hugging Face hub) or "
-                              f"model.path=/dir/with/weights (a local Hugging Face directory)")
-        if m.path and m.revision:
-            raise ConfigError(f"model.revision={m.revision} selects a commit of model.hub_id; model.path={m.path} is a "
-                              f"local directory: drop one of them")
-        if m.path:
-            check_model_dir(Path(m.path))
+    if source.check is not None:
+        source.check(cfg)
 
 
 def _default(key: str) -> Any:
