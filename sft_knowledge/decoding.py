@@ -106,6 +106,14 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return probs.scatter(-1, order, ranked.masked_fill(outside, 0.0))
 
 
+def top_k_filter(probs: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Top-k filtering (Fan et al., 2018): zero every token less likely than the k-th most likely (ties with it stay, as
+    in Hugging Face's TopKLogitsWarper), renormalised so that a nucleus taken after it is a share of what is left."""
+    kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[..., -1:]
+    kept = probs.masked_fill(probs < kth, 0.0)
+    return kept / kept.sum(-1, keepdim=True)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -118,11 +126,13 @@ def generate(
     desc: str | None = None,
     n_samples: int = 1,
     top_p: float = 1.0,
+    top_k: int = 0,
 ) -> list[str]:
     """Continue each prompt `n_samples` times (output is prompt-major: all samples of prompt 0 first).
 
-    Greedy when temperature == 0, else sampling, from the top-p nucleus when top_p < 1 (no top-k). The prompt is
-    encoded once and its KV cache shared by its samples; finished sequences leave the batch at once.
+    Greedy when temperature == 0, else sampling: from the top_k most likely tokens when top_k > 0 (SliCK's top-k 40),
+    then from the top-p nucleus when top_p < 1. The prompt is encoded once and its KV cache shared by its samples;
+    finished sequences leave the batch at once.
     """
     model.eval()
     device = _device(model)
@@ -143,7 +153,11 @@ def generate(
         for _ in range(max_new_tokens):
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, -1)
-                nxt = torch.multinomial(nucleus(probs, top_p) if top_p < 1 else probs, 1, generator=gen).squeeze(1)
+                if top_k > 0:
+                    probs = top_k_filter(probs, top_k)
+                if top_p < 1:
+                    probs = nucleus(probs, top_p)
+                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
             else:
                 nxt = logits.argmax(-1)
             for row, token in zip(live, nxt.tolist()):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sft_knowledge.decoding import answer_logprob, encode_prompts, generate, next_token_logits, nucleus, qa_prompt
+from sft_knowledge.decoding import answer_logprob, encode_prompts, generate, next_token_logits, nucleus, qa_prompt, top_k_filter
 from sft_knowledge.pretrain import train_tokenizer
 
 DOCS = [f"The capital of Land{i} is City{i % 7}. Question: Where was Person{i} born? Answer: Town{i % 5}." for i in range(200)]
@@ -101,3 +101,24 @@ def test_top_p_changes_sampling_and_a_tiny_nucleus_is_greedy(lm):
     assert plain == generate(model, tok, prompts, 5, temperature=1.0, seed=1, top_p=1.0)  # 1.0 is plain sampling
     assert plain != greedy  # a random model's samples wander off the greedy path
     assert generate(model, tok, prompts, 5, temperature=1.0, seed=1, top_p=1e-6) == greedy  # only the top token is left
+
+
+def test_top_k_keeps_the_k_most_likely_and_ties_with_the_kth():
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    kept = top_k_filter(probs, 2)
+    assert torch.equal(kept[0] > 0, torch.tensor([False, True, False, True]))
+    torch.testing.assert_close(kept[0, [1, 3]], torch.tensor([0.5, 0.3]) / 0.8)  # renormalised over what is left
+    torch.testing.assert_close(kept[1], probs[1])  # four tokens tied with the 2nd most likely all stay
+    torch.testing.assert_close(top_k_filter(probs, 10), probs)  # k beyond the vocabulary keeps every token
+    # Renormalised first, the nucleus is a share of the top k: 0.5 / 0.8 = 0.625 reaches 0.6 alone.
+    assert torch.equal(nucleus(top_k_filter(probs[:1], 2), 0.6) > 0, torch.tensor([[False, True, False, False]]))
+
+
+def test_top_k_changes_sampling_and_top_1_is_greedy(lm):
+    model, tok = lm
+    prompts = PROMPTS * 8
+    greedy = generate(model, tok, prompts, 5)
+    plain = generate(model, tok, prompts, 5, temperature=1.0, seed=1)
+    assert generate(model, tok, prompts, 5, temperature=1.0, seed=1, top_k=1) == greedy
+    assert generate(model, tok, prompts, 5, temperature=1.0, seed=1, top_k=0) == plain  # 0 is plain sampling
+    assert generate(model, tok, prompts, 5, temperature=1.0, seed=1, top_k=3) != plain
