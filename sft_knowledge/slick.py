@@ -30,11 +30,11 @@ from .probe import ProbeResult
 
 CATEGORIES = ("unknown", "weakly_known", "maybe_known", "highly_known")  # the codes 0..3, least known first
 CODES = {name: code for code, name in enumerate(CATEGORIES)}
-# Exemplar pools. Gekhman et al. draw exemplars from EntityQuestions' dev split, which our knowledge bases lack (the
-# embedded world has none; the paper's loader reads train and test only). all_splits: every fact of the relation in
-# the knowledge base; same_split: only those of the question's own split. A train-split-only pool is impossible: the
-# out-of-domain relations have test facts only.
-EXEMPLAR_SOURCES = ("all_splits", "same_split")
+# Exemplar pools. dev: held-out facts of the relation outside every split, as Gekhman et al. draw from EntityQuestions'
+# dev split: that split for EntityQuestions, the bridge facts for the embedded world (its facts outside every split).
+# all_splits: every fact of the relation in the knowledge base; same_split: those of the question's own split. A
+# train-split-only pool is impossible: the out-of-domain relations have test facts only.
+EXEMPLAR_SOURCES = ("dev", "all_splits", "same_split")
 
 
 @dataclass
@@ -51,10 +51,10 @@ class SlickConfig:
     max_new_tokens: int = 16
     batch_size: int = 512  # sequences decoded at once (sampling: batch_size // n_samples prompts of n_samples each)
     seed: int = 0  # the exemplar draws and the samples
-    # Where the exemplars come from (EXEMPLAR_SOURCES). Any fact of the relation but the question's own: a fact whose
-    # question is the question's is never an exemplar. Each fact draws its own with a generator seeded by the seed
-    # and the fact, so a fact's prompts do not depend on the order or the other facts probed (for the same pool).
-    exemplars: str = "all_splits"
+    # Where the exemplars come from (EXEMPLAR_SOURCES; dev: Gekhman et al.'s). Any fact of the relation but the question's
+    # own: a fact whose question is the question's is never an exemplar. Each fact draws its own with a generator seeded
+    # by the seed and the fact, so its prompts do not depend on the other facts probed (for the same pool in its order).
+    exemplars: str = "dev"
 
 
 def validate(cfg: SlickConfig, key: str = "probe.slick") -> None:
@@ -101,20 +101,22 @@ def few_shot_prompt(exemplars: list[Fact], question: str) -> str:
     return "\n\n".join([*(qa_block(e.question, e.object) for e in exemplars), qa_block(question)])
 
 
-def exemplar_pools(kb: KnowledgeBase, source: str) -> dict[str, dict[str, list[Fact]]]:
+def exemplar_pools(kb: KnowledgeBase, source: str, dev: list[Fact] | None = None) -> dict[str, dict[str, list[Fact]]]:
     """split -> relation -> the facts a question of that split and relation may take exemplars from, one per
-    question text (a question asked in two splits is one exemplar)."""
-    def by_relation(splits: tuple[str, ...]) -> dict[str, list[Fact]]:
+    question text (a question asked twice is one exemplar). `dev`: the held-out facts exemplars=dev draws from."""
+    def by_relation(facts: list[Fact]) -> dict[str, list[Fact]]:
         pools: dict[str, dict[str, Fact]] = {}
-        for split in splits:
-            for f in kb.splits[split]:
-                pools.setdefault(f.relation, {}).setdefault(f.question, f)
-        return {rel: list(facts.values()) for rel, facts in pools.items()}
+        for f in facts:
+            pools.setdefault(f.relation, {}).setdefault(f.question, f)
+        return {rel: list(unique.values()) for rel, unique in pools.items()}
 
-    if source == "all_splits":
-        shared = by_relation(SPLITS)
-        return {split: shared for split in SPLITS}
-    return {split: by_relation((split,)) for split in SPLITS}
+    if source == "same_split":
+        return {split: by_relation(kb.splits[split]) for split in SPLITS}
+    if source == "dev" and dev is None:
+        raise DataError("probe.slick.exemplars=dev draws exemplars from held-out facts (EntityQuestions' dev split, the "
+                        "embedded world's bridge facts) and none were given; use exemplars=all_splits")
+    shared = by_relation(dev if source == "dev" else [f for split in SPLITS for f in kb.splits[split]])
+    return {split: shared for split in SPLITS}
 
 
 def fact_prompts(fact: Fact, pool: list[Fact], cfg: SlickConfig) -> list[str]:
@@ -127,7 +129,7 @@ def fact_prompts(fact: Fact, pool: list[Fact], cfg: SlickConfig) -> list[str]:
         draws = rng.sample(range(len(pool)), min(len(pool), cfg.n_shots + 1))
         drawn = [pool[i] for i in draws if pool[i].question != fact.question][: cfg.n_shots]
         if len(drawn) < cfg.n_shots:
-            hint = "exemplars=all_splits, or fewer n_shots" if cfg.exemplars == "same_split" else "fewer n_shots"
+            hint = "fewer n_shots" if cfg.exemplars == "all_splits" else "exemplars=all_splits, or fewer n_shots"
             raise DataError(f"SliCK needs {cfg.n_shots} exemplars of relation {fact.relation} besides {fact.question!r}; "
                             f"its exemplar pool ({cfg.exemplars}) holds {len(pool)} facts: use {hint}")
         prompts.append(few_shot_prompt(drawn, fact.question))
@@ -165,11 +167,11 @@ def _hits(texts: list[str], answers: list[list[str]], per_fact: int) -> list[int
     return [sum(correct[i : i + per_fact]) for i in range(0, len(correct), per_fact)]
 
 
-def slick_categories(model, tokenizer, kb: KnowledgeBase, cfg: SlickConfig) -> SlickResult:
+def slick_categories(model, tokenizer, kb: KnowledgeBase, cfg: SlickConfig, dev: list[Fact] | None = None) -> SlickResult:
     """P(T=0), P(T>0) and the SliCK category of every fact of every split, with decoding.generate: per fact,
-    n_prompts greedy continuations and n_prompts x n_samples sampled ones."""
+    n_prompts greedy continuations and n_prompts x n_samples sampled ones. `dev`: the held-out facts of exemplars=dev."""
     validate(cfg)
-    pools = exemplar_pools(kb, cfg.exemplars)
+    pools = exemplar_pools(kb, cfg.exemplars, dev)
     # Every prompt is built before any decoding, so a relation too small for n_shots fails at once.
     prompts = {split: [p for f in kb.splits[split] for p in fact_prompts(f, pools[split].get(f.relation, []), cfg)]
                for split in SPLITS}

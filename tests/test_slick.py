@@ -67,7 +67,7 @@ def scripted_generate(calls: list[dict]):
 def test_scripted_outputs_give_the_hand_computed_categories(monkeypatch):
     calls: list[dict] = []
     monkeypatch.setattr(slick_module, "generate", scripted_generate(calls))
-    result = slick_categories(None, None, _kb(), SlickConfig())
+    result = slick_categories(None, None, _kb(), SlickConfig(exemplars="all_splits"))
     for split in ("train", "test", "testood"):
         rows = [r for r in FACTS if r[0] == split]
         assert result.p_greedy[split] == [r[6] / 10 for r in rows], split
@@ -113,7 +113,8 @@ def test_prompts_take_4_exemplars_of_the_relation_never_the_question_seeded():
     kb = _kb(rows)
     pools = exemplar_pools(kb, "all_splits")
     fact = kb.splits["test"][0]
-    prompts = fact_prompts(fact, pools["test"]["P19"], SlickConfig())
+    cfg = SlickConfig(exemplars="all_splits")
+    prompts = fact_prompts(fact, pools["test"]["P19"], cfg)
     assert len(prompts) == 10 and len(set(prompts)) > 1  # ten draws, not all the same
     for prompt in prompts:
         blocks = prompt.split("\n\n")
@@ -122,12 +123,11 @@ def test_prompts_take_4_exemplars_of_the_relation_never_the_question_seeded():
         assert len(set(questions[:4])) == 4 and fact.question not in questions[:4]  # distinct, never its own
         assert all(q.startswith("Where was S") for q in questions[:4])  # the same relation
         assert all(b.endswith(f"A: City{q.split()[2][1:]}") for b, q in zip(blocks[:4], questions))  # gold answers
-    assert fact_prompts(fact, pools["test"]["P19"], SlickConfig()) == prompts  # reproducible
+    assert fact_prompts(fact, pools["test"]["P19"], cfg) == prompts  # reproducible
     assert fact_prompts(fact, pools["test"]["P19"], SlickConfig(seed=1)) != prompts
-    assert len({p for f in kb.splits["train"] for p in fact_prompts(f, pools["train"]["P19"], SlickConfig())}) == 140
+    assert len({p for f in kb.splits["train"] for p in fact_prompts(f, pools["train"]["P19"], cfg)}) == 140
     # Over many facts every other fact serves as an exemplar: the draw covers the pool, not a fixed few.
-    used = {q for f in kb.splits["train"] for p in fact_prompts(f, pools["train"]["P19"], SlickConfig())
-            for q in p.split("\n\n")[:4]}
+    used = {q for f in kb.splits["train"] for p in fact_prompts(f, pools["train"]["P19"], cfg) for q in p.split("\n\n")[:4]}
     assert len(used) == 20
     # same_split: a test fact's exemplars come from test only, of which there are 6, so 5 besides its own.
     same = exemplar_pools(kb, "same_split")
@@ -137,12 +137,29 @@ def test_prompts_take_4_exemplars_of_the_relation_never_the_question_seeded():
         fact_prompts(fact, same["test"]["P19"], SlickConfig(n_shots=6, exemplars="same_split"))
 
 
+def test_dev_exemplars_come_from_the_held_out_facts_only():
+    kb = _kb()
+    dev = [Fact(f"D{i}", "P19", f"Town{i}", f"Where was D{i} born?") for i in range(5)] + [
+        Fact("Ann", "P19", "Paris", "Where was Ann born?")]  # a dev fact with a split fact's question is never its exemplar
+    pools = exemplar_pools(kb, "dev", dev)
+    assert pools["train"] is pools["testood"] and list(pools["test"]) == ["P19"]
+    ann = kb.splits["train"][0]
+    for prompt in fact_prompts(ann, pools["train"]["P19"], SlickConfig()):
+        exemplars = [b.split("\n")[0] for b in prompt.split("\n\n")[:4]]
+        assert all(e.startswith("Q: Where was D") for e in exemplars), exemplars
+    with pytest.raises(DataError, match="exemplars=dev draws exemplars from held-out facts .* and none were given"):
+        exemplar_pools(kb, "dev")
+    with pytest.raises(DataError, match="relation P26 besides 'Who is Jo married to\\?'; its exemplar pool \\(dev\\) holds 0 facts: "
+                                        "use exemplars=all_splits, or fewer n_shots"):
+        slick_categories(None, None, kb, SlickConfig(), dev)  # dev holds no married-to fact
+
+
 def test_a_relation_too_small_fails_before_any_decoding(monkeypatch):
     calls: list[dict] = []
     monkeypatch.setattr(slick_module, "generate", scripted_generate(calls))
     with pytest.raises(DataError, match="SliCK needs 8 exemplars of relation P19 besides 'Where was Ann born\\?'; its "
                                         "exemplar pool \\(all_splits\\) holds 8 facts: use fewer n_shots"):
-        slick_categories(None, None, _kb(), SlickConfig(n_shots=8))
+        slick_categories(None, None, _kb(), SlickConfig(n_shots=8, exemplars="all_splits"))
     assert calls == []  # the eight born-in facts of train and test are 7 exemplars for each; nothing was decoded
 
 
@@ -150,7 +167,7 @@ def test_a_relation_too_small_fails_before_any_decoding(monkeypatch):
     ({"n_prompts": 0}, "probe.slick.n_prompts=0 is not allowed: expected a positive integer"),
     ({"temperature": 0.0}, "probe.slick.temperature=0.0 is not allowed: expected a positive temperature"),
     ({"top_k": -1}, "probe.slick.top_k=-1 is not allowed: expected an integer >= 0 (0: no top-k)"),
-    ({"exemplars": "dev"}, "probe.slick.exemplars='dev' is not allowed: expected all_splits or same_split"),
+    ({"exemplars": "train"}, "probe.slick.exemplars='train' is not allowed: expected dev or all_splits or same_split"),
 ])
 def test_bad_settings_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
@@ -188,13 +205,14 @@ def test_a_real_run_on_the_shipped_world_model_categorises_every_fact():
     from sft_knowledge.models import load
     from sft_knowledge.shipped import SHIPPED_DIR
 
-    world = build_world(SyntheticWorldConfig()).kb
+    built = build_world(SyntheticWorldConfig())
+    world = built.kb
     pick = lambda split, rel, n: [f for f in world.splits[split] if f.relation == rel][:n]  # noqa: E731
     kb = KnowledgeBase(world.relations, {"train": pick("train", "P19", 5) + pick("train", "P36", 5), "test": [],
                                          "testood": pick("testood", "P50", 5)})
     model, tokenizer = load(SHIPPED_DIR)
     cfg = SlickConfig(n_prompts=2, n_samples=3, max_new_tokens=8)
-    result = slick_categories(model, tokenizer, kb, cfg)
+    result = slick_categories(model, tokenizer, kb, cfg, dev=built.bridge)  # the world's facts outside every split
     for split, n in (("train", 10), ("test", 0), ("testood", 5)):  # an empty split is no batch to decode
         assert len(result.category[split]) == len(result.p_greedy[split]) == len(result.p_sample[split]) == n
         assert sum(result.counts(split)) == n
