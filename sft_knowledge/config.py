@@ -19,11 +19,19 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from .cache import digest
-from .data.facts import LEVELS, MAPPING_TEMPLATES, TEMPLATE_SETS
+from .data.facts import LEVELS, MAPPING_TEMPLATES, SLICK_CATEGORIES, TEMPLATE_SETS
 from .errors import ConfigError, ModelError
 
 PAPER_SIZES = (60, 240, 1920)  # the data scales the paper names (§3.4), besides "all"
-BUCKETS = ("all", "d0", "d1", "d2", "d3", "d4")
+LEVEL_BUCKETS = ("all", "d0", "d1", "d2", "d3", "d4")
+BUCKETS = (*LEVEL_BUCKETS, *SLICK_CATEGORIES)  # the SliCK categories need probe=slick
+# probe.categories: the paper's levels alone, or SliCK's categories beside them (probe=slick)
+CATEGORY_SCHEMES = ("levels", "levels_and_slick")
+# SliCK's exemplar pools. dev: held-out facts of the relation outside every split, as Gekhman et al. draw from
+# EntityQuestions' dev split: that split for EntityQuestions, the bridge facts for the embedded world (its facts outside
+# every split). all_splits: every fact of the relation in the knowledge base; same_split: those of the question's own
+# split. A train-split-only pool is impossible: the out-of-domain relations have test facts only.
+EXEMPLAR_SOURCES = ("dev", "all_splits", "same_split")
 METHODS = ("full", "lora")  # SFT: every weight, or LoRA adapters
 TRAIN_STRATEGIES = ("single", "fsdp")  # SFT in this process, or sharded over processes
 PRECISIONS = ("fp32_master", "pure")
@@ -140,6 +148,26 @@ class DataConfig:
 
 
 @dataclass
+class SlickConfig:
+    """SliCK's settings (slick.py); the defaults are Gekhman et al.'s (§3, App. C) where they give one."""
+    n_prompts: int = 10  # few-shot prompts per fact (their N_ex = 10)
+    n_shots: int = 4  # exemplars per prompt (4-shot)
+    n_samples: int = 16  # sampled answers per prompt, besides its one greedy answer
+    temperature: float = 0.5  # of the samples (P(T>0))
+    top_k: int = 40  # the samples are drawn from the 40 most likely tokens (0: no top-k)
+    # Tokens a continuation may run to: an answer is cut at its line break, so only its own tokens matter; an answer
+    # longer than this is graded on its truncation, wrong. A base model following the format writes "\n\nQ: ..." after
+    # the answer and does not stop, so every continuation costs max_new_tokens decoding steps.
+    max_new_tokens: int = 16
+    batch_size: int = 512  # sequences decoded at once (sampling: batch_size // n_samples prompts of n_samples each)
+    seed: int = 0  # the exemplar draws and the samples
+    # Where the exemplars come from (EXEMPLAR_SOURCES; dev: Gekhman et al.'s). Any fact of the relation but the question's
+    # own: a fact whose question is the question's is never an exemplar. Each fact draws its own with a generator seeded
+    # by the seed and the fact, so its prompts do not depend on the other facts probed (for the same pool in its order).
+    exemplars: str = "dev"
+
+
+@dataclass
 class ProbeConfig:
     """How the base model's mastery of each fact is measured (probe.py; paper §3.1)."""
     n_map: int = 21  # mapping templates per relation (paper: 21)
@@ -155,11 +183,22 @@ class ProbeConfig:
     # it has fewer. EntityQuestions only. The pre-screen (data.subset) is the same either way: both probe the same facts
     templates: str = "all"
     top_p: float = 1.0  # nucleus sampling while probing (the paper does not say; 1.0: plain sampling)
+    # levels: the paper's D-0..D-4 | levels_and_slick (probe=slick): also Gekhman et al.'s SliCK categories, cached apart,
+    # for the mastery=<category> buckets, per-category accuracy and the cross-tabulation. The levels always run: they
+    # drive the evaluation per level and the KL on D-4
+    categories: str = "levels"
+    slick: SlickConfig = field(default_factory=SlickConfig)  # read only with categories=levels_and_slick
+
+    @property
+    def with_slick(self) -> bool:
+        return self.categories == "levels_and_slick"
 
 
 @dataclass
 class MasteryConfig:
-    bucket: str = "all"  # the facts SFT trains on: all (the paper's "Mixed") or one level, d0..d4
+    # the facts SFT trains on: all (the paper's "Mixed"), one level d0..d4, or one SliCK category (probe=slick):
+    # unknown, weakly_known, maybe_known, highly_known
+    bucket: str = "all"
 
 
 @dataclass
@@ -317,7 +356,7 @@ NON_SEMANTIC = ("logger", "paths", "name", "checkpoint", "resources", "restore.e
 # left out of every key (Dora's rule for new parameters), so adding an option redoes no finished run or SFT.
 ADDED_LATER = {"model.revision": None, "eval.harness": asdict(HarnessConfig()), "train.group_by_length": False,
                "model.pretrain.optimizer": "adamw", "train.space_before_eos": False, "kl.position": "first_token", "probe.templates": "all", "probe.top_p": 1.0, "restore.eps": 1e-8,
-               "restore.zeros": "guarded"}
+               "restore.zeros": "guarded", "probe.categories": "levels", "probe.slick": asdict(SlickConfig())}
 
 
 def semantic(cfg: Config) -> dict[str, Any]:
@@ -398,6 +437,7 @@ def validate(cfg: Config) -> None:
     if cfg.probe.top_p != 1 and cfg.probe.estimator != "sampling":
         raise ConfigError(f"probe.top_p={cfg.probe.top_p:g} filters sampling; probe.estimator={cfg.probe.estimator} "
                           f"does not sample: use probe.estimator=sampling, or probe.top_p=1")
+    _check_categories(cfg)
     _check(cfg.train.method in METHODS, "train.method", cfg.train.method, ", ".join(METHODS))
     _check(cfg.train.lora_rank > 0, "train.lora_rank", cfg.train.lora_rank, "a positive integer")
     _check(cfg.train.precision in PRECISIONS, "train.precision", cfg.train.precision, ", ".join(PRECISIONS))
@@ -457,6 +497,31 @@ def validate(cfg: Config) -> None:
     cand = cfg.data.subset.candidates
     _check(cand is None or (isinstance(cand, int) and cand > 0), "data.subset.candidates", cand, "a positive integer or null")
     _check(cfg.data.subset.keep > 0, "data.subset.keep", cfg.data.subset.keep, "a positive integer")
+
+
+def check_slick(slick: SlickConfig, key: str = "probe.slick") -> None:
+    """One-line ConfigError for a SliCK setting it cannot run with (`key` prefixes the setting's name)."""
+    for name in ("n_prompts", "n_shots", "n_samples", "max_new_tokens", "batch_size"):
+        value = getattr(slick, name)
+        _check(type(value) is int and value > 0, f"{key}.{name}", value, "a positive integer")
+    _check(slick.temperature > 0, f"{key}.temperature", slick.temperature, "a positive temperature (P(T>0) is measured on samples)")
+    _check(type(slick.top_k) is int and slick.top_k >= 0, f"{key}.top_k", slick.top_k, "an integer >= 0 (0: no top-k)")
+    _check(slick.exemplars in EXEMPLAR_SOURCES, f"{key}.exemplars", slick.exemplars, ", ".join(EXEMPLAR_SOURCES))
+
+
+def _check_categories(cfg: Config) -> None:
+    """probe.categories, SliCK's settings, and the SliCK buckets, which need SliCK to run."""
+    _check(cfg.probe.categories in CATEGORY_SCHEMES, "probe.categories", cfg.probe.categories, ", ".join(CATEGORY_SCHEMES))
+    if cfg.probe.with_slick:
+        check_slick(cfg.probe.slick)
+        return
+    if cfg.mastery.bucket in SLICK_CATEGORIES:
+        raise ConfigError(f"mastery={cfg.mastery.bucket} trains on a SliCK category, which only probe=slick measures: "
+                          f"add probe=slick (probe.categories=levels_and_slick), or use a level bucket (d0..d4, all)")
+    unread = next(((k, v) for k, v in asdict(cfg.probe.slick).items() if v != getattr(SlickConfig(), k)), None)
+    if unread is not None:
+        raise ConfigError(f"probe.slick.{unread[0]}={unread[1]} is read only by SliCK, which probe.categories=levels does "
+                          f"not run: add probe=slick, or drop the setting")
 
 
 # --- what identifies a base model in cache keys (sources.py: one definition per source) -------------------------------

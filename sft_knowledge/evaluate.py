@@ -3,7 +3,8 @@
 Greedy decoding, up to 16 new tokens, the SFT prompt; correct when the answer or a synonym is a
 substring of the output. Acc_test is the unweighted mean of the per-level accuracies (the paper's
 macro average); a level with no facts is reported as missing and left out of the mean, and the
-result says which levels the mean was taken over.
+result says which levels the mean was taken over. The same code gives the accuracy per SliCK
+category (probe=slick), the categories in place of the levels.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from .results import LevelAccuracy
 
 
 
-def level_subsets(facts: list[Fact], levels: list[int], cap: int | None, seed: int) -> list[list[Fact]]:
-    """Facts of each level D-0..D-4, at most `cap` of each, drawn reproducibly."""
-    by_level: list[list[Fact]] = [[] for _ in LEVELS]
+def level_subsets(facts: list[Fact], levels: list[int], cap: int | None, seed: int, n_groups: int = len(LEVELS)) -> list[list[Fact]]:
+    """Facts of each level D-0..D-4, at most `cap` of each, drawn reproducibly. `levels` may be other group codes
+    0..n_groups-1: SliCK's categories are evaluated the same way (`accuracy` then gives one value per category)."""
+    by_level: list[list[Fact]] = [[] for _ in range(n_groups)]
     for fact, lv in zip(facts, levels):
         by_level[lv].append(fact)
     if cap is not None:

@@ -1,10 +1,10 @@
 """The experiment of Ye et al. (EMNLP 2025) for one configuration, as a recipe of stage calls.
 
-    data -> base model -> (pre-screened subset) -> mastery levels D-0..D-4 -> SFT subset -> fine-tune
-    -> accuracy per level -> token-level KL -> parameter restoration -> RunResult
+    data -> base model -> (pre-screened subset) -> mastery levels D-0..D-4 (and SliCK categories) -> SFT subset
+    -> fine-tune -> accuracy per level (and per category) -> token-level KL -> parameter restoration -> RunResult
 
 `run_experiment` reads top to bottom; each step below it takes typed inputs and returns a typed output, and the
-steps that go through the content-addressed cache build their key in one place (`probe_spec`, `sft_spec`). Heavy
+steps that go through the content-addressed cache build their key in one place (`probe_spec`, `slick_spec`, `sft_spec`). Heavy
 products (base model, probe levels, fine-tuned weights with their training curves) are cached, so the cells of a
 sweep share them and nothing is computed twice; evaluation, KL and restoration are cheap next to them and are
 recomputed from the cached weights. W&B is written to between steps, never from inside one.
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .cache import Cache, digest
 from .config import Config, Effective, HarnessConfig, effective, semantic
 from .data import entityquestions
-from .data.facts import EVAL_SPLITS, SPLITS, Fact, KnowledgeBase, is_correct
+from .data.facts import EVAL_SPLITS, SLICK_CATEGORIES, SPLITS, Fact, KnowledgeBase, is_correct
 from .data.sampling import balanced_subset, bucket_facts
 from .data.synthetic import SyntheticWorld, build_world
 from .decoding import next_token_logits, qa_prompt
@@ -39,6 +39,7 @@ from .prescreen import facts_from_json, facts_to_json, prescreen
 from .probe import ProbeResult, probe, templates_used
 from .restore import exact_zeros, restore_into, restore_layers, select_thresholds
 from .results import Accuracies, BlockPoint, KLSummary, RestorePoint, RunResult
+from .slick import SlickResult, cross_tab, slick_categories
 from .sources import source_of
 from .structure import Structure, model_structure
 from .tracking import Tracker
@@ -64,7 +65,10 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
             data = prescreened(cfg, cache, data, base)
     with timer("probe"):
         mastery = mastery_levels(cfg, cache, data, base)
-    train_facts = sft_subset(cfg, data.kb, mastery.levels)
+    if cfg.probe.with_slick:
+        with timer("slick"):
+            mastery.slick = slick_stage(cfg, cache, data, base)
+    train_facts = sft_subset(cfg, data.kb, mastery)
     eval_sets = {split: level_subsets(data.kb.splits[split], mastery.levels.level[split], cfg.eval.max_per_level, cfg.eval.seed)
                  for split in EVAL_SPLITS}
     with timer("kl"):  # on the base model, while it is in memory: its kept facts serve the KL curve and the final KL
@@ -74,9 +78,10 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
     log_training(tracker, tuned.log)
     with timer("evaluate"):
         judged = judge(cfg, data.kb, tuned, eval_sets, train_facts)
+        acc_slick = category_accuracy(cfg, data.kb, tuned, mastery.slick.result) if mastery.slick else None
     with timer("kl"):
         kl = kl_stats(kl_ref.kl(tuned.model, tuned.tokenizer))
-    log_evaluation(tracker, cfg, data.kb, eval_sets, judged, kl, len(tuned.log.loss))
+    log_evaluation(tracker, cfg, data.kb, eval_sets, judged, kl, len(tuned.log.loss), acc_slick)
     harness = GeneralAbility(cfg.eval.harness, tracker, timer)
     harness.score("fine_tuned", tuned)
     with timer("restore"):
@@ -91,7 +96,8 @@ def run_experiment(cfg: Config, cache: Cache, tracker: Tracker, run_dir: Path) -
         kl_filter=kl_ref.answer_filter.record(), kl_curve=tuned.log.events, restore=restore, restore_blocks=blocks,
         update_share=update_share, base_zeros=exact_zeros(tuned.base_state, tuned.state, tuned.structure), train_loss=tuned.log.loss,
         sft_resumed_at=tuned.log.resumed_at, base_model=base.origin, harness=harness.scores,
-        cache_hits={"base_model": base.hit, **data.hits, "probe": mastery.hit, "sft": tuned.hit}, timings=timer.seconds)
+        cache_hits={"base_model": base.hit, **data.hits, "probe": mastery.hit, **mastery.slick_hits, "sft": tuned.hit},
+        timings=timer.seconds, **slick_record(mastery, acc_slick))
 
 
 @dataclass
@@ -119,6 +125,9 @@ class Data:
     spec: dict | None  # what identifies a real dataset in cache keys (a synthetic world is in its base model's spec)
     prescreen_counts: dict[str, list[int]] | None = None
     hits: dict[str, bool] = field(default_factory=dict)  # the pre-screen's cache hit
+    # Held-out facts of no split, SliCK's exemplars (probe.slick.exemplars=dev): the world's bridge facts, EntityQuestions'
+    # dev split (read only when SliCK draws from it); not in `spec`, so no existing key changes (slick_spec holds them)
+    dev: list[Fact] | None = None
 
 
 def load_data(cfg: Config, cache: Cache) -> Data:
@@ -126,15 +135,16 @@ def load_data(cfg: Config, cache: Cache) -> Data:
     EntityQuestions missing everywhere is fetched into the cache."""
     if cfg.data.name == "synthetic":
         world = build_world(cfg.data.world)
-        return Data(world.kb, world, None)
+        return Data(world.kb, world, None, dev=world.bridge)
     root = entityquestions.resolve_root(cfg.data.entityquestions, cache)
     kb = entityquestions.load_entityquestions(cfg.data.entityquestions, root)
+    dev = entityquestions.load_dev(root) if cfg.probe.with_slick and cfg.probe.slick.exemplars == "dev" else None
     spec = {
         "name": cfg.data.name, "root": str(root.resolve()),
         "sizes": {split: len(facts) for split, facts in kb.splits.items()},
         "templates": digest([r.mapping_templates for r in kb.relations.values()]), "aliases": digest(kb.aliases),
     }
-    return Data(kb, None, spec)
+    return Data(kb, None, spec, dev=dev)
 
 
 @dataclass
@@ -174,27 +184,42 @@ def prescreened(cfg: Config, cache: Cache, data: Data, base: BaseModel) -> Data:
 
     path, hit = cache.get_or_build("prescreen", spec, build)
     subset = json.loads((path / "subset.json").read_text())
-    return Data(facts_from_json(data.kb, subset["facts"]), None, spec, subset["prescreen_counts"], {"prescreen": hit})
+    return Data(facts_from_json(data.kb, subset["facts"]), None, spec, subset["prescreen_counts"], {"prescreen": hit}, data.dev)
 
 
 # --- stage 1: mastery levels and the SFT subset ----------------------------------------------------------------------
+
+@dataclass
+class Categories:
+    """SliCK's categories of every fact (probe=slick), beside the levels."""
+    result: SlickResult
+    spec: dict  # SliCK's cache key: the key of SFT on a SliCK bucket builds on it
+    hit: bool
+
 
 @dataclass
 class Mastery:
     levels: ProbeResult
     spec: dict  # the probe's cache key: SFT's key builds on it
     hit: bool
+    slick: Categories | None = None  # probe=slick
 
     @property
     def counts(self) -> dict[str, list[int]]:
         return {split: self.levels.counts(split) for split in SPLITS}
 
+    @property
+    def slick_hits(self) -> dict[str, bool]:
+        return {"slick": self.slick.hit} if self.slick else {}
+
 
 def probe_spec(cfg: Config, data: Data, base: BaseModel) -> dict:
     # The bucket is not in it: one probe serves all buckets. `levels` names the rule that turns hits into levels,
     # so probes cached under the old float rule (exactly half the hits could land in D-3) are not reused. Probe
-    # options added later enter it only away from their old value (config.ADDED_LATER).
-    spec = {"base": base.spec, "probe": semantic(cfg)["probe"], "levels": "integer hit counts"}
+    # options added later enter it only away from their old value (config.ADDED_LATER). Whether SliCK runs beside the
+    # probe, and its settings, are not in it: probe=paper and probe=slick share one probe.
+    probe = {k: v for k, v in semantic(cfg)["probe"].items() if k not in ("categories", "slick")}
+    spec = {"base": base.spec, "probe": probe, "levels": "integer hit counts"}
     return spec | ({"data": data.spec} if data.spec is not None else {})
 
 
@@ -207,14 +232,53 @@ def mastery_levels(cfg: Config, cache: Cache, data: Data, base: BaseModel) -> Ma
     return Mastery(ProbeResult(**json.loads((path / "probe.json").read_text())), spec, hit)
 
 
-def sft_subset(cfg: Config, kb: KnowledgeBase, levels: ProbeResult) -> list[Fact]:
-    """`data.size` train facts of the bucket `mastery.bucket`, balanced over relations (paper §3.4)."""
-    bucket = bucket_facts(kb.splits["train"], levels.level["train"], cfg.mastery.bucket)
+def slick_spec(cfg: Config, data: Data, base: BaseModel) -> dict:
+    """SliCK's cache key: the base model and the facts as in the probe's, SliCK's settings, and the exemplar pool of
+    exemplars=dev, which no data spec holds (EntityQuestions' dev split, the world's bridge facts)."""
+    slick = cfg.probe.slick
+    pool = digest([asdict(f) for f in data.dev]) if slick.exemplars == "dev" and data.dev is not None else None
+    spec = {"base": base.spec, "slick": asdict(slick), "pool": pool}
+    return spec | ({"data": data.spec} if data.spec is not None else {})
+
+
+def slick_stage(cfg: Config, cache: Cache, data: Data, base: BaseModel) -> Categories:
+    def build(tmp: Path) -> None:
+        result = slick_categories(base.model, base.tokenizer, data.kb, cfg.probe.slick, data.dev)
+        (tmp / "slick.json").write_text(json.dumps(asdict(result)))
+
+    spec = slick_spec(cfg, data, base)
+    path, hit = cache.get_or_build("slick", spec, build)
+    return Categories(SlickResult(**json.loads((path / "slick.json").read_text())), spec, hit)
+
+
+def sft_subset(cfg: Config, kb: KnowledgeBase, mastery: Mastery) -> list[Fact]:
+    """`data.size` train facts of the bucket `mastery.bucket`, a level's or a SliCK category's, balanced over
+    relations (paper §3.4)."""
+    train, bucket = kb.splits["train"], cfg.mastery.bucket
+    if bucket in SLICK_CATEGORIES:
+        facts = [f for f, inside in zip(train, mastery.slick.result.members("train", bucket)) if inside]
+        counts = ", ".join(f"{c} {n}" for c, n in zip(SLICK_CATEGORIES, mastery.slick.result.counts("train")))
+        what = "train SliCK categories"
+    else:
+        facts = bucket_facts(train, mastery.levels.level["train"], bucket)
+        counts = ", ".join(f"D-{lv} {n}" for lv, n in enumerate(mastery.levels.counts("train")))
+        what = "train levels"
     try:
-        return balanced_subset(bucket, cfg.data.size, cfg.data.seed)
+        return balanced_subset(facts, cfg.data.size, cfg.data.seed)
     except DataError as err:
-        counts = ", ".join(f"D-{lv} {n}" for lv, n in enumerate(levels.counts("train")))
-        raise DataError(f"{err} (mastery={cfg.mastery.bucket}; train levels: {counts})") from None
+        raise DataError(f"{err} (mastery={bucket}; {what}: {counts})") from None
+
+
+def slick_record(mastery: Mastery, acc_slick: Accuracies | None) -> dict:
+    """RunResult's SliCK fields: counts per split, the levels x categories table, accuracy per category; none
+    without SliCK."""
+    if mastery.slick is None:
+        return {}
+    result = mastery.slick.result
+    return {"slick_counts": {split: dict(zip(SLICK_CATEGORIES, result.counts(split))) for split in SPLITS},
+            "cross_tab": cross_tab(mastery.levels, result),
+            "acc_slick": {split: {c: {"acc": None if x is None else round(x, 2), "n": n}
+                                  for c, x, n in zip(SLICK_CATEGORIES, a.acc_level, a.n_level)} for split, a in acc_slick.items()}}
 
 
 # --- stage 4's reference: the base model's side of the KL ------------------------------------------------------------
@@ -302,6 +366,9 @@ def sft_spec(cfg: Config, eff: Effective, mastery: Mastery, kl_ref: KLReference)
     spec = {"probe": mastery.spec, "bucket": cfg.mastery.bucket, "size": cfg.data.size, "data_seed": cfg.data.seed,
             "train": semantic(cfg)["train"], "lr": eff.lr, "micro_batch_size": eff.micro_batch_size, "seed": cfg.seed,
             "kl_curve": kl_ref.spec()}
+    # A SliCK bucket's facts come from SliCK's categories: their key too (a level bucket's key stays as it was).
+    if cfg.mastery.bucket in SLICK_CATEGORIES:
+        spec["slick"] = mastery.slick.spec
     # LoRA entries hold the adapters alone, drawn from the seed; older ones held bf16-merged weights from one draw.
     return spec | ({"lora": "adapters drawn from seed"} if cfg.train.method == "lora" else {})
 
@@ -365,10 +432,19 @@ def judge(cfg: Config, kb: KnowledgeBase, tuned: FineTuned, eval_sets: dict[str,
     return Judged(acc, round(100 * sum(hits) / len(hits), 2))
 
 
+def category_accuracy(cfg: Config, kb: KnowledgeBase, tuned: FineTuned, slick: SlickResult) -> Accuracies:
+    """Accuracy per SliCK category on each evaluation split, as per level: at most eval.max_per_level facts of each."""
+    return {split: accuracy(tuned.model, tuned.tokenizer, kb, level_subsets(kb.splits[split], slick.category[split],
+                                                                          cfg.eval.max_per_level, cfg.eval.seed, len(SLICK_CATEGORIES)), cfg.eval)
+            for split in EVAL_SPLITS}
+
+
 def log_evaluation(tracker: Tracker, cfg: Config, kb: KnowledgeBase, eval_sets: dict[str, list[list[Fact]]], judged: Judged,
-                   kl: KLSummary | None, step: int) -> None:
+                   kl: KLSummary | None, step: int, acc_slick: Accuracies | None = None) -> None:
     kl_final = {f"kl/{k}": getattr(kl, k) for k in ("mean", "median", "p90")} if kl is not None else {}
-    tracker.log(level_metrics("eval", judged.acc) | {"eval/acc_train": judged.acc_train} | kl_final, step=step)  # after the last SFT step
+    slick = {f"eval/slick/{c}/acc_{split}": round(x, 2) for split, a in (acc_slick or {}).items()
+             for c, x in zip(SLICK_CATEGORIES, a.acc_level) if x is not None}
+    tracker.log(level_metrics("eval", judged.acc) | {"eval/acc_train": judged.acc_train} | kl_final | slick, step=step)  # after the last SFT step
     if cfg.logger.log_predictions:
         tracker.table("eval/predictions", PREDICTION_COLUMNS, predictions(kb, eval_sets, judged.acc))
 

@@ -159,6 +159,13 @@ class RunResult:
     # eval.harness (Table 5): {"fine_tuned": scores, "restored": {"<ratio>": scores}} for the ratios restore.export
     # saved, scores being task -> metric -> value (harness.run_harness); empty where the harness was not run
     harness: dict[str, Any] = field(default_factory=dict)
+    # SliCK (probe=slick; None, and absent from results.json, without it): facts per category in each split
+    # ({split: {category: n}}), the facts of each D-level in each category per split (slick.cross_tab), and the
+    # fine-tuned model's accuracy (%) per category on the evaluation splits ({split: {category: {"acc", "n"}}}, acc
+    # None for a category without facts)
+    slick_counts: dict[str, dict[str, int]] | None = None
+    cross_tab: dict[str, dict[str, dict[str, int]]] | None = None
+    acc_slick: dict[str, dict[str, dict[str, Any]]] | None = None
 
     @property
     def kl_mean(self) -> float | None:
@@ -169,6 +176,10 @@ class RunResult:
         if split == "train":
             return self.acc_train
         return self.acc[split].acc if level is None else self.acc[split].acc_level[level]
+
+    def slick_accuracy(self, split: str, category: str) -> float | None:
+        """Accuracy on the facts of one SliCK category of an evaluation split; None without SliCK or such facts."""
+        return None if self.acc_slick is None else self.acc_slick[split][category]["acc"]
 
     def to_json(self) -> dict[str, Any]:
         kl = asdict(self.kl) if self.kl is not None else {"missing": self.kl_missing}
@@ -181,7 +192,7 @@ class RunResult:
             "base_zeros": self.base_zeros,
             "train_loss": self.train_loss, "sft_resumed_at": self.sft_resumed_at, "cache_hits": self.cache_hits,
             "timings": self.timings, "harness": self.harness,
-        }
+        } | {k: getattr(self, k) for k in ("slick_counts", "cross_tab", "acc_slick") if getattr(self, k) is not None}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunResult:

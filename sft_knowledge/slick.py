@@ -16,59 +16,21 @@ share of correct greedy answers, P(T>0) the share of correct samples:
 Categories come from the integer counts of correct answers, never from the float shares. Their codes order them by
 knowledge, Unknown 0 to HighlyKnown 3, as D-0 to D-4 order the paper's levels. `cross_tab` counts the facts of each
 D-level in each category. Where Gekhman et al. leave a choice, or our knowledge base differs from theirs, the choice
-is written at the setting it belongs to and in docs/choices.md (SliCK).
+is written at the setting it belongs to (config.SlickConfig) and in docs/choices.md (SliCK).
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 
-from .data.facts import LEVEL_NAMES, SPLITS, Fact, KnowledgeBase, normalise
+from .config import SlickConfig, check_slick
+from .data.facts import LEVEL_NAMES, SLICK_CATEGORIES, SPLITS, Fact, KnowledgeBase, normalise
 from .decoding import generate
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .probe import ProbeResult
 
-CATEGORIES = ("unknown", "weakly_known", "maybe_known", "highly_known")  # the codes 0..3, least known first
+CATEGORIES = SLICK_CATEGORIES  # the codes 0..3, least known first
 CODES = {name: code for code, name in enumerate(CATEGORIES)}
-# Exemplar pools. dev: held-out facts of the relation outside every split, as Gekhman et al. draw from EntityQuestions'
-# dev split: that split for EntityQuestions, the bridge facts for the embedded world (its facts outside every split).
-# all_splits: every fact of the relation in the knowledge base; same_split: those of the question's own split. A
-# train-split-only pool is impossible: the out-of-domain relations have test facts only.
-EXEMPLAR_SOURCES = ("dev", "all_splits", "same_split")
-
-
-@dataclass
-class SlickConfig:
-    """SliCK's settings; the defaults are Gekhman et al.'s (§3, App. C) where they give one."""
-    n_prompts: int = 10  # few-shot prompts per fact (their N_ex = 10)
-    n_shots: int = 4  # exemplars per prompt (4-shot)
-    n_samples: int = 16  # sampled answers per prompt, besides its one greedy answer
-    temperature: float = 0.5  # of the samples (P(T>0))
-    top_k: int = 40  # the samples are drawn from the 40 most likely tokens (0: no top-k)
-    # Tokens a continuation may run to: an answer is cut at its line break, so only its own tokens matter; an answer
-    # longer than this is graded on its truncation, wrong. A base model following the format writes "\n\nQ: ..." after
-    # the answer and does not stop, so every continuation costs max_new_tokens decoding steps.
-    max_new_tokens: int = 16
-    batch_size: int = 512  # sequences decoded at once (sampling: batch_size // n_samples prompts of n_samples each)
-    seed: int = 0  # the exemplar draws and the samples
-    # Where the exemplars come from (EXEMPLAR_SOURCES; dev: Gekhman et al.'s). Any fact of the relation but the question's
-    # own: a fact whose question is the question's is never an exemplar. Each fact draws its own with a generator seeded
-    # by the seed and the fact, so its prompts do not depend on the other facts probed (for the same pool in its order).
-    exemplars: str = "dev"
-
-
-def validate(cfg: SlickConfig, key: str = "probe.slick") -> None:
-    """One-line ConfigError for a setting SliCK cannot run with (`key` prefixes the setting's name)."""
-    def check(ok: bool, name: str, allowed: str) -> None:
-        if not ok:
-            value = getattr(cfg, name)
-            raise ConfigError(f"{key}.{name}={value!r} is not allowed: expected {allowed}")
-
-    for name in ("n_prompts", "n_shots", "n_samples", "max_new_tokens", "batch_size"):
-        check(isinstance(getattr(cfg, name), int) and getattr(cfg, name) > 0, name, "a positive integer")
-    check(cfg.temperature > 0, "temperature", "a positive temperature (P(T>0) is measured on samples)")
-    check(isinstance(cfg.top_k, int) and cfg.top_k >= 0, "top_k", "an integer >= 0 (0: no top-k)")
-    check(cfg.exemplars in EXEMPLAR_SOURCES, "exemplars", " or ".join(EXEMPLAR_SOURCES))
 
 
 @dataclass
@@ -114,7 +76,7 @@ def exemplar_pools(kb: KnowledgeBase, source: str, dev: list[Fact] | None = None
         return {split: by_relation(kb.splits[split]) for split in SPLITS}
     if source == "dev" and dev is None:
         raise DataError("probe.slick.exemplars=dev draws exemplars from held-out facts (EntityQuestions' dev split, the "
-                        "embedded world's bridge facts) and none were given; use exemplars=all_splits")
+                        "embedded world's bridge facts) and none were given; use probe.slick.exemplars=all_splits")
     shared = by_relation(dev if source == "dev" else [f for split in SPLITS for f in kb.splits[split]])
     return {split: shared for split in SPLITS}
 
@@ -129,7 +91,8 @@ def fact_prompts(fact: Fact, pool: list[Fact], cfg: SlickConfig) -> list[str]:
         draws = rng.sample(range(len(pool)), min(len(pool), cfg.n_shots + 1))
         drawn = [pool[i] for i in draws if pool[i].question != fact.question][: cfg.n_shots]
         if len(drawn) < cfg.n_shots:
-            hint = "fewer n_shots" if cfg.exemplars == "all_splits" else "exemplars=all_splits, or fewer n_shots"
+            hint = ("fewer probe.slick.n_shots" if cfg.exemplars == "all_splits"
+                    else "probe.slick.exemplars=all_splits, or fewer probe.slick.n_shots")
             raise DataError(f"SliCK needs {cfg.n_shots} exemplars of relation {fact.relation} besides {fact.question!r}; "
                             f"its exemplar pool ({cfg.exemplars}) holds {len(pool)} facts: use {hint}")
         prompts.append(few_shot_prompt(drawn, fact.question))
@@ -170,7 +133,7 @@ def _hits(texts: list[str], answers: list[list[str]], per_fact: int) -> list[int
 def slick_categories(model, tokenizer, kb: KnowledgeBase, cfg: SlickConfig, dev: list[Fact] | None = None) -> SlickResult:
     """P(T=0), P(T>0) and the SliCK category of every fact of every split, with decoding.generate: per fact,
     n_prompts greedy continuations and n_prompts x n_samples sampled ones. `dev`: the held-out facts of exemplars=dev."""
-    validate(cfg)
+    check_slick(cfg)
     pools = exemplar_pools(kb, cfg.exemplars, dev)
     # Every prompt is built before any decoding, so a relation too small for n_shots fails at once.
     prompts = {split: [p for f in kb.splits[split] for p in fact_prompts(f, pools[split].get(f.relation, []), cfg)]

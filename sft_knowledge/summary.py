@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data.facts import EVAL_SPLITS, LEVEL_NAMES
+from .data.facts import EVAL_SPLITS, LEVEL_NAMES, category_title
 from .results import RunResult
 from .sweep import read_jobs
 
@@ -39,6 +39,7 @@ def run_summary(r: RunResult) -> str:
     if r.prescreen_counts:
         lines.append("  (probed a pre-screened subset; likelihood levels of the candidates: "
                      + "; ".join(f"{s} {'/'.join(map(str, c))}" for s, c in r.prescreen_counts.items()) + ")")
+    lines += _slick_lines(r)
     lines.append(_level_header("accuracy (%)") + "   macro")
     for split in EVAL_SPLITS:
         lines.append(f"    {split:<15}" + "".join(_f(a, 8) for a in r.acc[split].acc_level) + _f(r.accuracy(split), 8))
@@ -63,6 +64,22 @@ def run_summary(r: RunResult) -> str:
     if off := wandb_line([r.tracking]):
         lines.append(f"  {off}")
     return "\n".join(lines)
+
+
+def _slick_lines(r: RunResult) -> list[str]:
+    """SliCK's counts per split, the levels x categories counts, and the accuracy per category (probe=slick)."""
+    if r.slick_counts is None:
+        return []
+    titles = [category_title(c) for c in next(iter(r.slick_counts.values()))]
+    lines = [f"  {'SliCK counts':<19}" + "".join(f"{t:>13}" for t in titles)]
+    lines += [f"    {split:<15}" + "".join(f"{n:>13}" for n in counts.values()) for split, counts in r.slick_counts.items()]
+    lines.append(f"  levels x SliCK (facts per level: {'/'.join(titles)})")
+    lines += [f"    {split:<15}" + ", ".join(f"{lv} {'/'.join(map(str, row.values()))}" for lv, row in table.items())
+              for split, table in (r.cross_tab or {}).items()]
+    lines += [f"  accuracy (%) on {split}'s SliCK categories: " + ", ".join(
+        f"{category_title(c)} {_f(a['acc'], 0)} (n={a['n']})" for c, a in by_category.items())
+        for split, by_category in (r.acc_slick or {}).items()]
+    return lines
 
 
 def wandb_line(tracking: list[dict]) -> str | None:

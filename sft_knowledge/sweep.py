@@ -20,6 +20,7 @@ import yaml
 
 from . import results
 from .config import semantic_part
+from .data.facts import SLICK_CATEGORIES, category_title
 from .results import RunResult
 
 SEED_KEYS = ("seed", "data.seed")  # runs differing only in these are repeats of one cell
@@ -231,6 +232,9 @@ class Cell:
 
 
 def bucket_name(bucket: str) -> str:
+    """d2 -> D-2, maybe_known -> MaybeKnown (a SliCK category), all -> all."""
+    if bucket in SLICK_CATEGORIES:
+        return category_title(bucket)
     return f"D-{bucket[1:]}" if bucket.startswith("d") else bucket
 
 

@@ -16,7 +16,8 @@ def _options(group: str) -> list[str]:
 def test_every_group_option_composes_and_validates(compose, group):
     assert _options(group), f"conf/{group} has no options"
     # model=hf runs on the user's weights; EntityQuestions on a real model (tiny_world knows only the synthetic world)
-    needs = {"model=hf": ["model.hub_id=org/name"], "data=entityquestions": ["model=smollm2_135m"]}
+    needs = {"model=hf": ["model.hub_id=org/name"], "data=entityquestions": ["model=smollm2_135m"],
+             **{f"mastery={c}": ["probe=slick"] for c in ("highly_known", "maybe_known", "weakly_known", "unknown")}}
     for option in _options(group):
         cfg = compose(f"{group}={option}", *needs.get(f"{group}={option}", []))
         assert isinstance(cfg, Config)
@@ -74,6 +75,14 @@ def test_mastery_option_selects_bucket(compose):
         ("restore.zeros=skip", "restore.zeros='skip' is not allowed: expected guarded, unranked"),
         ("restore.eps=0", "restore.eps=0 is not allowed: expected a number > 0 (0 only with restore.zeros=unranked"),
         ("restore.eps=-1e-8 restore.zeros=unranked", "restore.eps=-1e-08 is not allowed"),
+        ("mastery=maybe_known", "mastery=maybe_known trains on a SliCK category, which only probe=slick measures: add "
+         "probe=slick (probe.categories=levels_and_slick), or use a level bucket (d0..d4, all)"),
+        ("probe.slick.n_prompts=5", "probe.slick.n_prompts=5 is read only by SliCK, which probe.categories=levels does not "
+         "run: add probe=slick, or drop the setting"),
+        ("probe=likelihood probe.slick.exemplars=all_splits", "probe.slick.exemplars=all_splits is read only by SliCK"),
+        ("probe.categories=slick", "probe.categories='slick' is not allowed: expected levels, levels_and_slick"),
+        ("probe=slick probe.slick.n_shots=0", "probe.slick.n_shots=0 is not allowed: expected a positive integer"),
+        ("probe=slick probe.slick.exemplars=train", "probe.slick.exemplars='train' is not allowed: expected dev, all_splits, same_split"),
     ],
 )
 def test_bad_values_are_one_line_errors(compose, override, message):
@@ -188,7 +197,26 @@ def test_probe_and_restore_options_added_later_keep_every_key_at_their_old_value
     validate(paper)
     assert paper.probe.templates == "paper_only" and eq.probe.templates == "all"
     assert probe_spec(paper, Data(None, None, {}), BaseModel("", {}, None, None, True))["probe"]["templates"] == "paper_only"
-    for override in ("probe.templates=paper_only", "probe.top_p=0.9", "restore.eps=1e-6", "restore.zeros=unranked"):
+    for override in ("probe.templates=paper_only", "probe.top_p=0.9", "restore.eps=1e-6", "restore.zeros=unranked", "probe=slick"):
         other = compose("experiment=eq_smollm2_small", override)
         validate(other)
         assert run_key(other) != run_key(eq), override
+
+
+def test_slick_runs_beside_the_paper_probe_and_shares_its_cache_entry(compose):
+    """probe=slick is the paper's probe and SliCK: the probe's cache key is probe=paper's, whatever SliCK's settings;
+    SliCK's settings enter the run key only with SliCK and away from their defaults (config.ADDED_LATER)."""
+    from sft_knowledge.recipe import BaseModel, Data, probe_spec
+
+    def spec(cfg):
+        return probe_spec(cfg, Data(None, None, {"name": "entityquestions"}), BaseModel("", {"source": "smollm2_gguf"}, None, None, True))
+
+    paper, slick = compose("experiment=eq_smollm2_small"), compose("experiment=eq_smollm2_small", "probe=slick", "mastery=maybe_known")
+    validate(slick)
+    assert slick.probe.with_slick and not paper.probe.with_slick and slick.mastery.bucket == "maybe_known"
+    assert spec(slick) == spec(paper) == spec(compose("experiment=eq_smollm2_small", "probe=slick", "probe.slick.n_prompts=3"))
+    assert "slick" not in semantic(paper)["probe"] and "categories" not in semantic(paper)["probe"]
+    assert semantic(slick)["probe"]["categories"] == "levels_and_slick" and "slick" not in semantic(slick)["probe"]
+    fewer = compose("experiment=eq_smollm2_small", "probe=slick", "probe.slick.n_prompts=3")
+    assert semantic(fewer)["probe"]["slick"]["n_prompts"] == 3 and run_key(fewer) != run_key(compose("experiment=eq_smollm2_small", "probe=slick"))
+    assert run_key(slick).startswith("smollm2_135m-maybe_known-40-")

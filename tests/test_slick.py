@@ -7,11 +7,12 @@ import pytest
 
 from sft_knowledge import slick as slick_module
 from sft_knowledge.data.facts import Fact, KnowledgeBase, Relation, is_correct
+from sft_knowledge.config import SlickConfig, check_slick
 from sft_knowledge.errors import ConfigError, DataError
 from sft_knowledge.probe import ProbeResult
 from sft_knowledge.report.crosstab import cross_tab_markdown, cross_tab_section
-from sft_knowledge.slick import (CODES, SlickConfig, SlickResult, category_of, cross_tab, exact_match, exemplar_pools,
-                                 extract_answer, fact_prompts, few_shot_prompt, slick_categories, validate)
+from sft_knowledge.slick import (CODES, SlickResult, category_of, cross_tab, exact_match, exemplar_pools, extract_answer,
+                                 fact_prompts, few_shot_prompt, slick_categories)
 
 BORN = Relation("P19", "Where was [X] born?", ("{subject} was born in",), True)
 WED = Relation("P26", "Who is [X] married to?", ("{subject} is married to",), False)
@@ -150,7 +151,7 @@ def test_dev_exemplars_come_from_the_held_out_facts_only():
     with pytest.raises(DataError, match="exemplars=dev draws exemplars from held-out facts .* and none were given"):
         exemplar_pools(kb, "dev")
     with pytest.raises(DataError, match="relation P26 besides 'Who is Jo married to\\?'; its exemplar pool \\(dev\\) holds 0 facts: "
-                                        "use exemplars=all_splits, or fewer n_shots"):
+                                        "use probe.slick.exemplars=all_splits, or fewer probe.slick.n_shots"):
         slick_categories(None, None, kb, SlickConfig(), dev)  # dev holds no married-to fact
 
 
@@ -158,20 +159,20 @@ def test_a_relation_too_small_fails_before_any_decoding(monkeypatch):
     calls: list[dict] = []
     monkeypatch.setattr(slick_module, "generate", scripted_generate(calls))
     with pytest.raises(DataError, match="SliCK needs 8 exemplars of relation P19 besides 'Where was Ann born\\?'; its "
-                                        "exemplar pool \\(all_splits\\) holds 8 facts: use fewer n_shots"):
+                                        "exemplar pool \\(all_splits\\) holds 8 facts: use fewer probe.slick.n_shots"):
         slick_categories(None, None, _kb(), SlickConfig(n_shots=8, exemplars="all_splits"))
     assert calls == []  # the eight born-in facts of train and test are 7 exemplars for each; nothing was decoded
 
 
 @pytest.mark.parametrize("override, message", [
     ({"n_prompts": 0}, "probe.slick.n_prompts=0 is not allowed: expected a positive integer"),
-    ({"temperature": 0.0}, "probe.slick.temperature=0.0 is not allowed: expected a positive temperature"),
+    ({"temperature": 0.0}, "probe.slick.temperature=0 is not allowed: expected a positive temperature"),
     ({"top_k": -1}, "probe.slick.top_k=-1 is not allowed: expected an integer >= 0 (0: no top-k)"),
-    ({"exemplars": "train"}, "probe.slick.exemplars='train' is not allowed: expected dev or all_splits or same_split"),
+    ({"exemplars": "train"}, "probe.slick.exemplars='train' is not allowed: expected dev, all_splits, same_split"),
 ])
 def test_bad_settings_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
-        validate(SlickConfig(**override))
+        check_slick(SlickConfig(**override))
 
 
 def test_cross_tab_counts_levels_by_category_and_renders():

@@ -1,7 +1,7 @@
 """EntityQuestions (Sciavolino et al., 2021) as the paper uses it (Ye et al., EMNLP 2025, §3.1).
 
-Reads the upstream layout `<root>/{train,test}/P<id>.<split>.jsonl` (or the later `.json` arrays; the
-dev split is not used by the paper). In-domain: 10 location relations, train and test; out-of-domain:
+Reads the upstream layout `<root>/{train,test}/P<id>.<split>.jsonl` (or the later `.json` arrays). The paper does not
+use the dev split; SliCK (probe=slick) draws its few-shot exemplars from it (`load_dev`). In-domain: 10 location relations, train and test; out-of-domain:
 the other 14, test only. The paper's filter (not stated, inferred from its split sizes): keep records with
 exactly one answer, then drop repeated question strings across the pooled relations of a split, keeping
 the first, relations in the order below. It gives exactly 75,944 / 9,555 / 11,613 facts.
@@ -95,7 +95,7 @@ def _relation_file(root: Path, rel: str, split: str) -> Path:
         if path.is_file():
             return path
     raise DataError(f"{root / split / f'{rel}.{split}.jsonl'} is missing: EntityQuestions must hold "
-                    f"{{train,test}}/P<id>.<split>.jsonl (or .json) for all 24 relations; get them from {UPSTREAM}")
+                    f"{split}/P<id>.{split}.jsonl (or .json) for all 24 relations; get them from {UPSTREAM}")
 
 
 def read_relation(root: Path, rel: Relation, split: str) -> list[tuple[str, str, Path, int]]:
@@ -204,6 +204,15 @@ def resolve_root(cfg: EntityQuestionsConfig, cache: Cache | None = None) -> Path
         return fetch(cache, cfg.url, cfg.sha256, path)
     raise DataError(f"EntityQuestions not found at {path}: put the upstream train/ and test/ folders "
                     f"(P<id>.<split>.jsonl or .json) there, or set data.entityquestions.root; source: {UPSTREAM}")
+
+
+def load_dev(root: Path) -> list[Fact]:
+    """The dev split of all 24 relations, filtered as the paper's splits are: SliCK's held-out exemplars (Gekhman et
+    al. draw theirs from it). Only probe.slick.exemplars=dev reads it, so a copy without dev/ serves every other run."""
+    if not (root / "dev").is_dir():
+        raise DataError(f"EntityQuestions at {root} has no dev/ folder, which probe.slick.exemplars=dev draws SliCK's "
+                        f"exemplars from: add the upstream dev/ ({UPSTREAM}), or use probe.slick.exemplars=all_splits")
+    return load_split(root, relations(), IN_DOMAIN + OUT_OF_DOMAIN, "dev")
 
 
 def load_entityquestions(cfg: EntityQuestionsConfig, root: Path | None = None) -> KnowledgeBase:

@@ -17,6 +17,13 @@ EVAL_SPLITS = ("test", "testood")  # what the fine-tuned model is judged on: in-
 LEVEL_NAMES = tuple(f"D-{lv}" for lv in LEVELS)
 MAPPING_TEMPLATES = 21  # per relation, in both datasets (paper App. F.2); probe.n_map takes the first n
 TEMPLATE_SETS = ("all", "paper_only")  # probe.templates: every mapping template, or only the paper's own
+# Gekhman et al. (2024)'s SliCK categories (slick.py), least known first: their codes 0..3 order them as D-0..D-4 do
+SLICK_CATEGORIES = ("unknown", "weakly_known", "maybe_known", "highly_known")
+
+
+def category_title(name: str) -> str:
+    """A SliCK category as Gekhman et al. write it: maybe_known -> MaybeKnown."""
+    return "".join(word.capitalize() for word in name.split("_"))
 
 
 @dataclass(frozen=True)

@@ -84,33 +84,46 @@ def _restored_ratios(group: list[Cell], split: str = "test") -> list[float]:
 MODEL_SFT_KEYS = ("lr", "micro_batch_size", "gradient_checkpointing", "n_gpus")  # model keys the probe does not read
 
 
-def probe_setting(config: dict) -> dict:
+def probe_setting(config: dict, slick: bool = False) -> dict:
     """What decides a run's level counts: the base model, the probe's settings and the facts probed (the dataset,
     and the pre-screened subset with the seed that drew it where one is probed), not the SFT subset's bucket, size
-    or seed."""
+    or seed. Whether SliCK ran, and its settings, decide only its categories (`slick`: kept)."""
     data = config["data"]
     subset_seed = {"seed": data["seed"]} if (data.get("subset") or {}).get("candidates") is not None else {}
-    return {"model": {k: v for k, v in config["model"].items() if k not in MODEL_SFT_KEYS},
-            "probe": config.get("probe", {}),
+    probe = {k: v for k, v in config.get("probe", {}).items() if slick or k not in ("categories", "slick")}
+    return {"model": {k: v for k, v in config["model"].items() if k not in MODEL_SFT_KEYS}, "probe": probe,
             "data": {k: v for k, v in data.items() if k not in ("size", "seed")} | subset_seed}
+
+
+@dataclass
+class ProbeGroup:
+    """Runs of one probe (probe_setting), flat setting and all; `differs`: the settings that tell it from the others."""
+    setting: dict[str, object]
+    differs: str
+    runs: list[RunResult]
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting['model.name']} on {self.setting['data.name']}" + (f" ({self.differs})" if self.differs else "")
+
+
+def probe_groups(runs: list[RunResult], slick: bool = False) -> list[ProbeGroup]:
+    """Runs grouped by probe (probe_setting), each named by its model and data and the settings that differ."""
+    groups: dict[str, tuple[dict, list[RunResult]]] = {}
+    for r in runs:
+        setting = flatten(probe_setting(r.config, slick))
+        groups.setdefault(json.dumps(setting, sort_keys=True), (setting, []))[1].append(r)
+    keys = sorted({k for setting, _ in groups.values() for k in setting} - {"model.name", "data.name"})
+    varying = [k for k in keys if len({json.dumps(s.get(k)) for s, _ in groups.values()}) > 1]
+    return [ProbeGroup(setting, ", ".join(f"{k}={setting.get(k)}" for k in varying), group) for setting, group in groups.values()]
 
 
 def table1(cells: list[Cell], paper: Paper) -> Section:
     """The base model's level counts per split: one row group per probe (model, probe settings and probed data), not
     per bucket or size; a group's runs repeat one probe."""
-    groups: dict[str, tuple[dict, list[RunResult]]] = {}
-    for c in cells:
-        for r in c.runs:
-            setting = flatten(probe_setting(r.config))
-            groups.setdefault(json.dumps(setting, sort_keys=True), (setting, []))[1].append(r)
-    # a group is named by its model and data, and by the settings that tell it from the others
-    keys = sorted({k for setting, _ in groups.values() for k in setting} - {"model.name", "data.name"})
-    varying = [k for k in keys if len({json.dumps(s.get(k)) for s, _ in groups.values()}) > 1]
     body, rows = [], []
-    for setting, runs in groups.values():
-        model, data = setting["model.name"], setting["data.name"]
-        differs = ", ".join(f"{k}={setting.get(k)}" for k in varying)
-        label = f"{model} on {data}" + (f" ({differs})" if differs else "")
+    for group in probe_groups([r for c in cells for r in c.runs]):
+        model, data, differs, runs, label = group.setting["model.name"], group.setting["data.name"], group.differs, group.runs, group.label
         theirs_of = {split: paper.table1(runs[0].config, split) for split in ALL_SPLITS}
         for split, theirs in theirs_of.items():
             counts = [[r.level_counts[split][lv] for r in runs] for lv in LEVELS]

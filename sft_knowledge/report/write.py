@@ -10,6 +10,7 @@ from pathlib import Path
 from ..sources import SOURCES
 from ..sweep import Cell, Job, SweepError, get_key, group_cells, latest_sweep, load_sweeps
 from . import tables
+from .crosstab import slick_sections
 from .figures import plot_against_size, plot_restoration
 from .layout import Section, markdown
 from .paper import Paper
@@ -95,7 +96,7 @@ def write_report(sweep_dirs: Path | list[Path], paper: Paper | None = None) -> P
 
     kl_level = next(j.result for j in jobs if j.result).kl_level
     figures = _figures(out, cells, kl_level, paper)
-    sections = [_unfinished(jobs), tables.table1(cells, paper), figures[0], tables.table2(cells, paper), figures[1],
+    sections = [_unfinished(jobs), tables.table1(cells, paper), figures[0], tables.table2(cells, paper), *slick_sections(cells), figures[1],
                 tables.table4(cells, paper), figures[2], tables.table6(cells, paper), tables.table3(cells, paper),
                 tables.table7(cells, paper), tables.restored_where(cells, paper, "layer"),
                 tables.restored_where(cells, paper, "module"), tables.table11(cells, paper), table5(cells, paper)]
