@@ -71,7 +71,7 @@ def _slick_lines(r: RunResult) -> list[str]:
     if r.slick_counts is None:
         return []
     titles = [category_title(c) for c in next(iter(r.slick_counts.values()))]
-    lines = [f"  {'SliCK counts':<19}" + "".join(f"{t:>13}" for t in titles)]
+    lines = [f"  {'SliCK counts':<17}" + "".join(f"{t:>13}" for t in titles)]
     lines += [f"    {split:<15}" + "".join(f"{n:>13}" for n in counts.values()) for split, counts in r.slick_counts.items()]
     lines.append(f"  levels x SliCK (facts per level: {'/'.join(titles)})")
     lines += [f"    {split:<15}" + ", ".join(f"{lv} {'/'.join(map(str, row.values()))}" for lv, row in table.items())

@@ -227,3 +227,21 @@ def test_paper_only_probes_each_relations_recovered_templates_at_most_n_map():
     assert len(rels["P69"].probe_templates(15, "paper_only")) == 10 and len(rels["P19"].probe_templates(15, "paper_only")) == 15
     p69 = [t["template"].format(subject="Ada") for t in table["P69"]["mapping_templates"] if t["paper"]]
     assert rels["P69"].mapping_prompts("Ada", 21, "paper_only") == p69 and len(rels["P69"].mapping_prompts("Ada", 21)) == 21
+
+
+def test_the_dev_split_is_slicks_exemplar_pool_and_a_copy_without_it_says_which_option_to_change(tmp_path):
+    root = _mini_root(tmp_path, {})
+    with pytest.raises(DataError) as err:
+        eq.load_dev(root)
+    assert str(err.value) == (f"EntityQuestions at {root} has no dev/ folder, which probe.slick.exemplars=dev draws SliCK's "
+                              f"exemplars from: add the upstream dev/ ({eq.UPSTREAM}), or use probe.slick.exemplars=all_splits")
+    eq.load_entityquestions(EntityQuestionsConfig(root=root))  # every other run reads the copy as before
+    (root / "dev").mkdir()
+    for rid, rel in eq.relations().items():  # one record per relation, and one with two answers (filtered out)
+        records = [{"question": rel.question(f"Dev {rid}"), "answers": ["Rome"]}, {"question": rel.question("Two"), "answers": ["A", "B"]}]
+        (root / "dev" / f"{rid}.dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    dev = eq.load_dev(root)
+    assert [f.relation for f in dev] == [*eq.IN_DOMAIN, *eq.OUT_OF_DOMAIN] and all(f.subject.startswith("Dev ") for f in dev)
+    real = _real_root()
+    if (real / "dev").is_dir():
+        assert {f.relation for f in eq.load_dev(real)} == set(eq.IN_DOMAIN + eq.OUT_OF_DOMAIN)

@@ -515,3 +515,52 @@ def test_the_quantised_model_is_named_as_such_and_summaries_show_templates_and_e
     assert "attention" not in text
     r.config["restore"]["zeros"] = "unranked"
     assert "base scalars exactly 0 (restore.zeros=unranked; docs/choices.md): transformer 33,483" in run_summary(r)
+
+
+def _with_slick(r: RunResult, maybe_acc: float) -> RunResult:
+    """A probe=slick run's results: the SliCK fields hand-made, so every number in the report is known. Each split's
+    cross-tab: D-0 facts all Unknown; D-4's 1 HighlyKnown, 2 MaybeKnown, the rest Unknown; other levels Unknown."""
+    r.config["probe"] = {"categories": "levels_and_slick"}
+    cats = ("unknown", "weakly_known", "maybe_known", "highly_known")
+    r.cross_tab = {split: {name: dict(zip(cats, [n - 3, 0, 2, 1] if name == "D-4" and n >= 3 else [n, 0, 0, 0]))
+                           for name, n in zip(LEVEL_NAMES, counts)} for split, counts in LEVEL_COUNTS.items()}
+    r.slick_counts = {split: {c: sum(row[c] for row in table.values()) for c in cats} for split, table in r.cross_tab.items()}
+    r.acc_slick = {split: {"unknown": {"acc": 5.0, "n": 10}, "weakly_known": {"acc": None, "n": 0},
+                           "maybe_known": {"acc": maybe_acc, "n": 2}, "highly_known": {"acc": 100.0, "n": 1}}
+                   for split in ("test", "testood")}
+    return r
+
+
+def test_slick_cross_tab_and_accuracy_per_category_in_the_report_summary_and_results(tmp_path):
+    runs = [_with_slick(_results(_config("maybe_known", 60, seed=s), 20.0), acc) for s, acc in ((0, 40.0), (1, 60.0))]
+    runs.append(_with_slick(_results(_config("d4", 60), 30.0), 10.0))
+    runs.append(_results(_config("d2", 60), 30.0))  # a probe=paper run: no SliCK fields, its own variant
+    out = write_report(make_sweep(tmp_path, runs))
+    md = (out / "report.md").read_text()
+    assert "## SliCK categories and levels" in md and "### tiny_world on synthetic" in md
+    # train's D-4 row: its 10 facts, 7 Unknown, 2 MaybeKnown, 1 HighlyKnown (LEVEL_COUNTS["train"][4] == 10)
+    assert "| D-4 | 7 | 0 | 2 | 1 | 10 |" in md and "| all | 147 | 0 | 2 | 1 | 150 |" in md
+    crosstab_rows = _csv(out / "slick_levels_x_categories.csv")
+    assert len(crosstab_rows) == 15 and {r["split"] for r in crosstab_rows} == {"train", "test", "testood"}
+    # Accuracy per category: the MaybeKnown bucket over its two seeds, 40 and 60; beside it the D-4 bucket's one run.
+    acc = {(r["bucket"], r["split"], r["category"]): r for r in _csv(out / "slick_bucket_x_category.csv")}
+    assert float(acc[("maybe_known", "test", "maybe_known")]["mean"]) == 50.0 and acc[("maybe_known", "test", "maybe_known")]["n"] == "2"
+    assert float(acc[("d4", "testood", "highly_known")]["mean"]) == 100.0 and ("d4", "test", "weakly_known") not in acc
+    assert "| MaybeKnown [probe.categories=levels_and_slick] | 5.00 ± 0.00 | — | 50.00 ± 14.14 | 100.00 ± 0.00 |" in md
+    # Table 2 names the SliCK bucket as Gekhman et al. write it
+    assert "| MaybeKnown [probe.categories=levels_and_slick] |" in md.split("## Table 2")[1]
+    # results.json keeps the fields and reads them back; a run without SliCK writes none of them and reads them as None
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(runs[0].to_json()))
+    assert results.load(path).to_json() == runs[0].to_json() and results.load(path).slick_accuracy("test", "maybe_known") == 40.0
+    assert not {"slick_counts", "cross_tab", "acc_slick"} & set(runs[3].to_json())
+    path.write_text(json.dumps(runs[3].to_json()))
+    assert results.load(path).acc_slick is None and results.load(path).slick_accuracy("test", "unknown") is None
+    text = run_summary(runs[0])
+    assert "  SliCK counts           Unknown  WeaklyKnown   MaybeKnown  HighlyKnown\n" \
+           "    train                    147            0            2            1" in text
+    assert "  levels x SliCK (facts per level: Unknown/WeaklyKnown/MaybeKnown/HighlyKnown)" in text
+    assert "    test           D-0 5/0/0/0, D-1 4/0/0/0, D-2 3/0/0/0, D-3 2/0/0/0, D-4 1/0/0/0" in text
+    assert "  accuracy (%) on test's SliCK categories: Unknown 5.0 (n=10), WeaklyKnown - (n=0), MaybeKnown 40.0 (n=2), " \
+           "HighlyKnown 100.0 (n=1)" in text
+    assert "SliCK" not in run_summary(runs[3])
