@@ -141,3 +141,41 @@ def test_offline_tracking_writes_wandb_run_and_metrics(cli, smoke_cache, tmp_pat
     assert [rec for rec in records if "artifact" in rec] == [{"artifact": f"results-{r['run_key']}", "type": "results", "path": str(run_dir / "results.json")}]
     stored = [p.relative_to(offline / "files" / "media" / "table").as_posix() for p in offline.glob("files/media/table/**/*.table.json")]
     assert any(t.startswith("restore/acc_vs_ratio_table_") for t in stored) and any(t.startswith("eval/predictions_") for t in stored)
+
+
+def test_slick_categories_run_beside_the_levels_and_a_slick_bucket_trains_on_its_category(cli, compose, smoke_cache, tmp_path):
+    """probe=slick mastery=maybe_known on the smoke world (SliCK's budget cut to 2 prompts, 1 sample, 4 tokens): the paper
+    probe's cache entry serves it, the categories add up to the levels' facts, and SFT trains on MaybeKnown facts."""
+    from sft_knowledge.data.synthetic import build_world
+    from sft_knowledge.recipe import Categories, Mastery, sft_subset
+    from sft_knowledge.slick import SlickResult
+
+    run = ("probe=slick", "probe.slick.n_prompts=2", "probe.slick.n_samples=1", "probe.slick.max_new_tokens=4",
+           "mastery=maybe_known", "data.size=8")
+    cli(*run, "restore.ratios=[0]", "logger.mode=offline", output_dir=tmp_path, cache_dir=smoke_cache)
+    [r] = _results(tmp_path)
+    assert r["cache_hits"]["probe"] and not r["cache_hits"]["slick"]  # probe=paper's entry; SliCK's is its own
+    for split, levels in r["level_counts"].items():
+        counts, table = r["slick_counts"][split], r["cross_tab"][split]
+        assert sum(counts.values()) == sum(levels)
+        assert [sum(row.values()) for row in table.values()] == levels  # a level's facts over the categories
+        assert {c: sum(row[c] for row in table.values()) for c in counts} == counts  # a category's over the levels
+    for split in ("test", "testood"):  # every fact evaluated once in its category (no eval.max_per_level)
+        assert {c: a["n"] for c, a in r["acc_slick"][split].items()} == r["slick_counts"][split]
+        assert all((a["acc"] is None) == (a["n"] == 0) for a in r["acc_slick"][split].values())
+    records = [json.loads(line) for line in (tmp_path / "runs" / r["run_key"] / "metrics.jsonl").read_text().splitlines()]
+    [final] = [rec for rec in records if "eval/acc_test" in rec]
+    assert {k: v for k, v in final.items() if k.startswith("eval/slick/")} == {
+        f"eval/slick/{c}/acc_{s}": a["acc"] for s in ("test", "testood") for c, a in r["acc_slick"][s].items() if a["n"]}
+    # SFT's facts: 8 of the train split's MaybeKnown by the cached categories, and SFT's cache key names that entry.
+    [entry] = (smoke_cache / "slick").glob("*/slick.json")
+    slick_spec = json.loads((entry.parent / "DONE.json").read_text())["spec"]
+    categories = SlickResult(**json.loads(entry.read_text()))
+    cfg = compose("experiment=smoke", *run)
+    kb = build_world(cfg.data.world).kb
+    facts = sft_subset(cfg, kb, Mastery(None, {}, True, Categories(categories, slick_spec, True)))
+    train = kb.splits["train"]
+    assert len(facts) == r["n_train_facts"] == 8
+    assert all(categories.category["train"][train.index(f)] == categories.codes["maybe_known"] for f in facts)
+    sft_specs = [json.loads(p.read_text())["spec"] for p in (smoke_cache / "sft").glob("*/DONE.json")]
+    assert [s["slick"] for s in sft_specs if s["bucket"] == "maybe_known"] == [slick_spec]
