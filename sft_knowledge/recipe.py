@@ -4,9 +4,9 @@
     -> fine-tune -> accuracy per level (and per category) -> token-level KL -> parameter restoration -> RunResult
 
 `run_experiment` reads top to bottom; each step below it takes typed inputs and returns a typed output, and the
-steps that go through the content-addressed cache build their key in one place (`probe_spec`, `slick_spec`, `sft_spec`). Heavy
-products (base model, probe levels, fine-tuned weights with their training curves) are cached, so the cells of a
-sweep share them and nothing is computed twice; evaluation, KL and restoration are cheap next to them and are
+steps that go through the content-addressed cache build their key in one place (`probe_spec`, `slick_spec`,
+`sft_spec`). Heavy products (base model, probe levels, SliCK categories, fine-tuned weights with their training
+curves) are cached, so the cells of a sweep share them and nothing is computed twice; evaluation, KL and restoration are cheap next to them and are
 recomputed from the cached weights. W&B is written to between steps, never from inside one.
 """
 from __future__ import annotations
