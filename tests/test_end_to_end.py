@@ -152,7 +152,7 @@ def test_slick_categories_run_beside_the_levels_and_a_slick_bucket_trains_on_its
 
     run = ("probe=slick", "probe.slick.n_prompts=2", "probe.slick.n_samples=1", "probe.slick.max_new_tokens=4",
            "mastery=maybe_known", "data.size=8")
-    cli(*run, "restore.ratios=[0]", "logger.mode=offline", output_dir=tmp_path, cache_dir=smoke_cache)
+    cli(*run, "restore.ratios=[0]", output_dir=tmp_path, cache_dir=smoke_cache)
     [r] = _results(tmp_path)
     assert r["cache_hits"]["probe"] and not r["cache_hits"]["slick"]  # probe=paper's entry; SliCK's is its own
     for split, levels in r["level_counts"].items():
