@@ -14,10 +14,10 @@ LAYERS = [
     ("settings and records", {"config", "cache", "results"}),
     ("shared pieces", {"data.synthetic", "data.entityquestions", "data.sampling", "decoding", "tracking", "provenance",
                        "shipped", "slurm_check", "structure"}),
-    ("stages", {"pretrain", "models", "sources", "cost", "harness", "harness_tasks.xsum_rouge", "probe", "prescreen", "train", "fsdp", "evaluate", "kl", "restore", "export"}),
+    ("stages", {"pretrain", "models", "sources", "cost", "harness", "harness_tasks.xsum_rouge", "probe", "slick", "prescreen", "train", "fsdp", "evaluate", "kl", "restore", "export"}),
     ("recipe", {"recipe"}),
     ("entry points and readers", {"run", "overrides", "plan", "rebuild_world", "sweep", "summary", "status", "report", "report.__main__",
-                                  "report.figures", "report.layout", "report.paper", "report.tables", "report.table5",
+                                  "report.crosstab", "report.figures", "report.layout", "report.paper", "report.tables", "report.table5",
                                   "report.write"}),
 ]
 LAYER_OF = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
