@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .config import Config, effective
+from .data.facts import SLICK_CATEGORIES
 from .errors import ConfigError
 from .sources import source_of
 
@@ -286,10 +287,15 @@ def split_sizes(cfg: Config) -> dict[str, int]:
 
 def sft_examples(cfg: Config, train_levels: list[int] | None = None) -> int:
     """Facts SFT trains on: data.size, or the whole bucket for size=all (a fifth of the train split per level until
-    the probe's counts are known)."""
+    the probe's counts are known; a quarter per SliCK category, whose counts the plan does not read)."""
     train = split_sizes(cfg)["train"]
     levels = train_levels or [train / LEVELS] * LEVELS
-    bucket = sum(levels) if cfg.mastery.bucket == "all" else levels[int(cfg.mastery.bucket[1])]
+    if cfg.mastery.bucket == "all":
+        bucket = sum(levels)
+    elif cfg.mastery.bucket in SLICK_CATEGORIES:
+        bucket = train / len(SLICK_CATEGORIES)
+    else:
+        bucket = levels[int(cfg.mastery.bucket[1])]
     return round(bucket) if cfg.data.size == "all" else min(cfg.data.size, round(bucket))
 
 
@@ -325,6 +331,12 @@ def gpu_hours(cfg: Config, shape: Shape, a: Assumptions, train_levels: list[int]
                    f"{cfg.probe.max_new_tokens} tokens)")
     else:
         generation("probe", probe_facts * cfg.probe.n_map * a.prompt_tokens, f" ({probe_facts:,} facts x {cfg.probe.n_map} templates, one pass)")
+    if cfg.probe.with_slick:  # each of n_prompts 4-shot prompts (about 5 questions and 4 answers long) decodes 1 + n_samples answers
+        sl = cfg.probe.slick
+        answers = probe_facts * sl.n_prompts * (1 + sl.n_samples)
+        generation("slick", answers * sl.max_new_tokens + probe_facts * sl.n_prompts * (sl.n_shots + 1) * a.prompt_tokens,
+                   f" ({probe_facts:,} facts x {sl.n_prompts} prompts x (1 + {sl.n_samples}) answers x {sl.max_new_tokens} "
+                   f"tokens, and the prompts read once)")
     if cfg.data.subset.candidates is not None:
         generation("prescreen", 3 * cfg.data.subset.candidates * cfg.data.subset.n_map * a.prompt_tokens,
                    f" ({3 * cfg.data.subset.candidates:,} candidates x {cfg.data.subset.n_map} templates, one pass)")

@@ -13,7 +13,7 @@ import pytest
 
 from sft_knowledge.cache import MARKER, Cache
 from sft_knowledge.config import ConfigError
-from sft_knowledge.cost import Assumptions, Shape, cell_plan, gpu_hours, memory, model_config, refusals
+from sft_knowledge.cost import Assumptions, Shape, cell_plan, gpu_hours, memory, model_config, refusals, sft_examples
 from sft_knowledge.overrides import check_command_line, compose_cells
 from sft_knowledge.plan import cache_state, plan
 from sft_knowledge.sources import source_of
@@ -155,6 +155,19 @@ def test_gpu_hours_of_the_paper_sweep_agree_with_the_report(compose, tmp_path):
     assert 26 < float(rows["without"][-1]) < 31
     assert "probe 0 of 126; SFT 0 of 126; runs done 0 of 126" in text and "8.03B parameters" in text
     assert not (tmp_path / "out").exists()  # the plan writes nothing
+
+
+def test_slick_adds_its_own_stage_and_its_buckets_plan(compose, tmp_path):
+    """probe=slick: 10 prompts x (1 + 16) answers x 16 tokens per fact beside the probe; a SliCK bucket's SFT is planned
+    at a quarter of the train split until SliCK has counted it."""
+    model_dir(tmp_path / "model", LLAMA3_8B)
+    base = ("model=llama3_8b", "data=entityquestions", f"model.path={tmp_path / 'model'}")
+    a, shape = Assumptions(), Shape.from_config(LLAMA3_8B)
+    assert "slick" not in gpu_hours(compose(*base), shape, a)
+    slick = compose(*base, "probe=slick", "mastery=maybe_known", "data.size=all")
+    stage = gpu_hours(slick, shape, a)["slick"]
+    assert stage.how.startswith(f"{97_112 * 10 * 17 * 16 / 1e6 + 97_112 * 10 * 5 * 32 / 1e6:,.1f}M tokens")
+    assert sft_examples(slick) == round(75_944 / 4)
 
 
 def test_the_fast_composition_is_hydras(compose, tmp_path):
